@@ -1,0 +1,66 @@
+//! The genesis presets build a valid initial state.
+
+use sliver_runtime::{
+    genesis_config_presets::{self, ENDOWMENT},
+    Aura, Balances, BuildStorage, Grandpa, Runtime, RuntimeGenesisConfig,
+};
+use sp_keyring::Sr25519Keyring;
+
+fn ext_for(preset: &str) -> sp_io::TestExternalities {
+    let json = frame_support::genesis_builder_helper::get_preset::<RuntimeGenesisConfig>(
+        &Some(preset.into()),
+        genesis_config_presets::get_preset,
+    )
+    .unwrap_or_else(|| panic!("preset {preset} exists"));
+    // A preset is a patch over the default config, as the node's chain-spec builder applies it.
+    let patch: serde_json::Value = serde_json::from_slice(&json).expect("preset is JSON");
+    let mut full = serde_json::to_value(RuntimeGenesisConfig::default()).unwrap();
+    merge(&mut full, patch);
+    let config: RuntimeGenesisConfig =
+        serde_json::from_value(full).expect("patched config is valid");
+    sp_io::TestExternalities::new(config.build_storage().expect("genesis builds"))
+}
+
+fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+#[test]
+fn development_preset_has_one_authority_and_endowed_dev_accounts() {
+    ext_for(sp_genesis_builder::DEV_RUNTIME_PRESET).execute_with(|| {
+        assert_eq!(pallet_aura::Authorities::<Runtime>::get().len(), 1);
+        assert_eq!(Grandpa::grandpa_authorities().len(), 1);
+        assert_eq!(Balances::free_balance(Sr25519Keyring::Alice.to_account_id()), ENDOWMENT);
+        assert_eq!(Balances::free_balance(Sr25519Keyring::FerdieStash.to_account_id()), ENDOWMENT);
+        assert_eq!(pallet_sudo::Key::<Runtime>::get(), Some(Sr25519Keyring::Alice.to_account_id()));
+        let _ = Aura::slot_duration();
+    });
+}
+
+#[test]
+fn local_preset_has_alice_and_bob_as_authorities() {
+    ext_for(sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET).execute_with(|| {
+        assert_eq!(pallet_aura::Authorities::<Runtime>::get().len(), 2);
+        assert_eq!(Grandpa::grandpa_authorities().len(), 2);
+    });
+}
+
+#[test]
+fn slot_duration_is_one_second() {
+    assert_eq!(sliver_runtime::SLOT_DURATION, 1000);
+    ext_for(sp_genesis_builder::DEV_RUNTIME_PRESET)
+        .execute_with(|| assert_eq!(Aura::slot_duration(), 1000));
+}
+
+#[test]
+fn unknown_preset_is_none() {
+    assert!(genesis_config_presets::get_preset(&"nope".into()).is_none());
+    assert_eq!(genesis_config_presets::preset_names().len(), 2);
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of Sliver: formatting, the node build, unit, integration and end-to-end tests.
+# Usage: ./scripts/test.sh        (what CI runs: .ci/run)
+. "$(dirname "$0")/common.sh"
+cd "$SLIVER_ROOT"
+start=$(date +%s)
+
+sliver_setup
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+(cd node && cargo fmt --all -- --check)
+
+sliver_build_node
+
+step "tests of the main workspace (pallets, runtime natively, off-chain crates, end-to-end)"
+SKIP_WASM_BUILD=1 cargo test --workspace --locked 2>&1
+
+printf '\n==> all tests passed in %d s\n' "$(( $(date +%s) - start ))" >&2

@@ -1,0 +1,153 @@
+//! # sliver-e2e
+//!
+//! Helpers for end-to-end tests that start real processes: the `sliver-node` binary (and, in
+//! later issues, miners and validators) on loopback.
+//!
+//! The node binary is found in this order: `$SLIVER_NODE_BIN`; `$CARGO_TARGET_DIR/debug/
+//! sliver-node`; `node/target/debug/sliver-node`. Build it first with `cd node && cargo build`
+//! (`.ci/run` does). Every process is killed when its handle is dropped, also when a test
+//! fails or panics.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// Where the `sliver-node` binary is, or a message that says how to build it.
+pub fn node_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("SLIVER_NODE_BIN") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("SLIVER_NODE_BIN={} is not a file", p.display()))
+        };
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut candidates = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(t).join("debug/sliver-node"));
+    }
+    candidates.push(repo.join("node/target/debug/sliver-node"));
+    candidates.push(repo.join("target/debug/sliver-node"));
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        "sliver-node binary not found: build it with `cd node && cargo build` or set SLIVER_NODE_BIN"
+            .to_string()
+    })
+}
+
+/// A running `sliver-node --dev --tmp` process. Killed on drop.
+pub struct DevNode {
+    child: Child,
+    /// WebSocket RPC URL of the node (127.0.0.1, a port the node chose).
+    pub rpc_url: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl DevNode {
+    /// Starts a development node with a temporary database and waits until its RPC server
+    /// listens. The OS picks free ports (RPC port 0, P2P port 0), so tests can run in parallel.
+    pub fn start() -> Result<Self, String> {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`DevNode::start`] with extra command-line arguments.
+    pub fn start_with_args(extra: &[&str]) -> Result<Self, String> {
+        let bin = node_binary()?;
+        let mut child = Command::new(&bin)
+            .args([
+                "--dev",
+                "--tmp",
+                "--rpc-port",
+                "0",
+                "--port",
+                "0",
+                "--no-prometheus",
+                "--no-mdns",
+            ])
+            .args(["--no-telemetry", "--log", "info"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = rpc_url_from_log(&line) {
+                    let _ = tx.send(url);
+                }
+                log2.lock().map(|mut l| l.push(line)).ok();
+            }
+        });
+        let mut node = Self { child, rpc_url: String::new(), log };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(url) => {
+                    node.rpc_url = url;
+                    return Ok(node);
+                }
+                Err(_) if Instant::now() > deadline => {
+                    return Err(format!(
+                        "node did not open its RPC port within 120 s\n{}",
+                        node.log_tail(40)
+                    ))
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = node.child.try_wait() {
+                        return Err(format!(
+                            "node exited early with {status}\n{}",
+                            node.log_tail(40)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last `n` lines the node logged, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        log[log.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Whether the node process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for DevNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `Running JSON-RPC server: addr=127.0.0.1:40123,[::1]:40123` into a ws URL.
+fn rpc_url_from_log(line: &str) -> Option<String> {
+    let rest = line.split("Running JSON-RPC server: addr=").nth(1)?;
+    let first = rest.split([',', ' ']).next()?.trim();
+    let port = first.rsplit(':').next()?.parse::<u16>().ok()?;
+    Some(format!("ws://127.0.0.1:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rpc_address_from_node_log() {
+        let line = "2026-11-25 02:40:00 Running JSON-RPC server: addr=127.0.0.1:40123,[::1]:40125";
+        assert_eq!(rpc_url_from_log(line).as_deref(), Some("ws://127.0.0.1:40123"));
+        assert_eq!(rpc_url_from_log("Imported #1"), None);
+    }
+}
