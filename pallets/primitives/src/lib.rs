@@ -39,7 +39,16 @@ pub type Stake = u128;
 
 /// What a registrant does in the network.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, Copy, PartialEq, Eq, Debug,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
 )]
 pub enum Role {
     /// Trains a sliver of the model.
@@ -50,7 +59,16 @@ pub enum Role {
 
 /// The phases of an epoch, in order. Settlement happens at the boundary after `Reveal`.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, Copy, PartialEq, Eq, Debug,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
 )]
 pub enum Phase {
     /// Miners train; validators audit.
@@ -63,7 +81,16 @@ pub enum Phase {
 
 /// Where the chain is in its epoch, as the runtime API reports it.
 #[derive(
-    Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Clone, Copy, PartialEq, Eq, Debug,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
 )]
 pub struct EpochInfo<BlockNumber> {
     /// The current epoch.
