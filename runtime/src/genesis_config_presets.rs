@@ -7,7 +7,10 @@
 //! Both endow the well-known development accounts (Alice to Ferdie and their `//stash`
 //! accounts) so that miners and validators of a local network can pay fees and deposits.
 
-use crate::{AccountId, BalancesConfig, RuntimeGenesisConfig, SudoConfig, UNIT};
+use crate::{
+    AccountId, BalancesConfig, Runtime, RuntimeGenesisConfig, SliverClockConfig,
+    SliverRewardsConfig, SudoConfig, UNIT,
+};
 use alloc::{vec, vec::Vec};
 use frame_support::build_struct_json_patch;
 use serde_json::Value;
@@ -18,6 +21,43 @@ use sp_keyring::Sr25519Keyring;
 
 /// Balance given to each endowed development account.
 pub const ENDOWMENT: crate::Balance = 1_000_000 * UNIT;
+
+/// Minted into the rewards pot at genesis (10,000 epochs of emission).
+pub const POT_ENDOWMENT: crate::Balance = 10_000_000 * UNIT;
+
+/// The training run of local networks: the character-level tiny-Shakespeare model of nanoGPT's
+/// CPU recipe (4 layers, 4 heads, 128 wide, context 64, batch 12, AdamW at 1e-3 with 100
+/// warm-up steps decaying to 1e-4, weight decay 0.1, clipping 1.0), cut into 2 slivers and
+/// merged DiLoCo-style every 50 inner steps (outer learning rate 0.7, Nesterov momentum 0.9).
+/// The dataset is named, not hashed, until the engine defines dataset manifests.
+pub fn local_training_run() -> pallet_sliver_clock::TrainingRunParamsOf<Runtime> {
+    use pallet_sliver_clock::{HyperParams, ModelConfig, TrainingRunParams};
+    TrainingRunParams {
+        model: ModelConfig {
+            n_layers: 4,
+            d_model: 128,
+            n_heads: 4,
+            vocab_size: 256,
+            context_len: 64,
+            tied_embeddings: true,
+        },
+        num_slivers: 2,
+        dataset_id: b"builtin:tinyshakespeare-char".to_vec().try_into().unwrap_or_default(),
+        dataset_hash: Default::default(),
+        hyper: HyperParams {
+            learning_rate_micro: 1_000,
+            min_learning_rate_micro: 100,
+            warmup_steps: 100,
+            weight_decay_micro: 100_000,
+            grad_clip_micro: 1_000_000,
+            batch_size: 12,
+            micro_batches: 3,
+            merge_interval: 50,
+            outer_lr_micro: 700_000,
+            outer_momentum_micro: 900_000,
+        },
+    }
+}
 
 fn testnet_genesis(
     initial_authorities: Vec<(AuraId, GrandpaId)>,
@@ -35,6 +75,8 @@ fn testnet_genesis(
             authorities: initial_authorities.iter().map(|x| (x.1.clone(), 1)).collect::<Vec<_>>(),
         },
         sudo: SudoConfig { key: Some(root) },
+        sliver_clock: SliverClockConfig { initial_run: Some(local_training_run()) },
+        sliver_rewards: SliverRewardsConfig { pot_endowment: POT_ENDOWMENT },
     })
 }
 

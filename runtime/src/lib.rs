@@ -24,8 +24,13 @@ include!(concat!(env!("OUT_DIR"), "/wasm_binary.rs"));
 
 extern crate alloc;
 
+#[cfg(feature = "runtime-benchmarks")]
+#[macro_use]
+mod benchmarks;
 pub mod apis;
-mod configs;
+#[cfg(feature = "runtime-benchmarks")]
+mod benchmark_helpers;
+pub mod configs;
 pub mod genesis_config_presets;
 
 use alloc::vec::Vec;
@@ -191,6 +196,16 @@ mod runtime {
 
     #[runtime::pallet_index(6)]
     pub type Sudo = pallet_sudo;
+
+    // Sliver. The clock comes after the registry so that genesis miners are assigned.
+    #[runtime::pallet_index(20)]
+    pub type SliverRegistry = pallet_sliver_registry;
+
+    #[runtime::pallet_index(21)]
+    pub type SliverClock = pallet_sliver_clock;
+
+    #[runtime::pallet_index(22)]
+    pub type SliverRewards = pallet_sliver_rewards;
 }
 
 /// Returns the runtime metadata at `version` (16 is what the off-chain clients are generated
