@@ -16,4 +16,8 @@ sliver_build_node
 step "tests of the main workspace (pallets, runtime natively, off-chain crates, end-to-end)"
 SKIP_WASM_BUILD=1 cargo test --workspace --locked 2>&1
 
+step "pallet benchmarks as tests (runtime-benchmarks) and try-runtime invariants"
+SKIP_WASM_BUILD=1 cargo test --locked -p pallet-sliver-registry -p pallet-sliver-clock \
+  -p pallet-sliver-rewards --features runtime-benchmarks 2>&1
+
 printf '\n==> all tests passed in %d s\n' "$(( $(date +%s) - start ))" >&2

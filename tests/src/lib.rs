@@ -70,6 +70,7 @@ impl DevNode {
             ])
             .args(["--no-telemetry", "--log", "info"])
             .args(extra)
+            .args(std::env::var("SLIVER_NODE_EXTRA_ARGS").unwrap_or_default().split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -14,8 +14,14 @@ use std::time::Duration;
 pub use subxt;
 pub use subxt_signer;
 
+mod sliver_calls;
+pub use sliver_calls::*;
+
 /// Types, calls, storage and events generated from the committed runtime metadata.
-#[subxt::subxt(runtime_metadata_path = "../../metadata/sliver.scale")]
+#[subxt::subxt(
+    runtime_metadata_path = "../../metadata/sliver.scale",
+    derive_for_all_types = "Eq, PartialEq"
+)]
 pub mod sliver {}
 
 /// The chain's configuration for subxt: the runtime uses Polkadot's account, address,
@@ -94,6 +100,8 @@ pub struct ChainHead {
 #[derive(Clone)]
 pub struct ChainClient {
     api: subxt::OnlineClient<SliverConfig>,
+    /// The same connection, for the plain JSON-RPC methods (best head).
+    legacy: subxt::rpcs::LegacyRpcMethods<subxt::config::RpcConfigFor<SliverConfig>>,
     url: String,
 }
 
@@ -101,10 +109,17 @@ impl ChainClient {
     /// Connects to the node at `url` (`ws://` or `wss://`) and checks that it runs a runtime
     /// whose metadata matches the generated types.
     pub async fn connect(url: &str) -> Result<Self, ChainError> {
-        let api = subxt::OnlineClient::<SliverConfig>::from_insecure_url(url)
+        let unreachable = |e: &dyn std::fmt::Display| ChainError::Unreachable {
+            url: url.to_string(),
+            reason: e.to_string(),
+        };
+        let rpc_client =
+            subxt::rpcs::RpcClient::from_insecure_url(url).await.map_err(|e| unreachable(&e))?;
+        let api = subxt::OnlineClient::<SliverConfig>::from_rpc_client(rpc_client.clone())
             .await
-            .map_err(|e| ChainError::Unreachable { url: url.to_string(), reason: e.to_string() })?;
-        let client = Self { api, url: url.to_string() };
+            .map_err(|e| unreachable(&e))?;
+        let legacy = subxt::rpcs::LegacyRpcMethods::new(rpc_client);
+        let client = Self { api, legacy, url: url.to_string() };
         let at = client.api.at_current_block().await.map_err(rpc)?;
         sliver::is_codegen_valid_for(at.metadata_ref()).then_some(()).ok_or_else(|| {
             ChainError::IncompatibleRuntime {
@@ -137,6 +152,23 @@ impl ChainClient {
     /// The underlying subxt client, for calls this crate does not wrap yet.
     pub fn api(&self) -> &subxt::OnlineClient<SliverConfig> {
         &self.api
+    }
+
+    /// Number and hash of the best (newest, not yet finalized) block.
+    pub async fn best_block(&self) -> Result<(u32, subxt::utils::H256), ChainError> {
+        let hash = self
+            .legacy
+            .chain_get_block_hash(None)
+            .await
+            .map_err(rpc)?
+            .ok_or_else(|| ChainError::Rpc("the node has no best block".into()))?;
+        let header = self
+            .legacy
+            .chain_get_header(Some(hash))
+            .await
+            .map_err(rpc)?
+            .ok_or_else(|| ChainError::Rpc("best block header not found".into()))?;
+        Ok((u32::try_from(header.number).map_err(rpc)?, hash))
     }
 
     /// The latest finalized block.

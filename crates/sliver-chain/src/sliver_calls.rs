@@ -1,0 +1,134 @@
+//! Typed wrappers of the Sliver pallets' calls, storage and runtime API.
+
+use crate::{rpc, sliver, AccountId, Balance, ChainClient, ChainError, Keypair};
+use subxt::{ext::codec::Encode, utils::H256};
+
+pub use sliver::runtime_types::pallet_sliver_registry::{Backend, HardwareProfile};
+pub use sliver::runtime_types::sliver_primitives::{EpochInfo, Phase, Role};
+
+/// Index of a registration slot.
+pub type Uid = u16;
+
+/// The context at the start of every registration message (18 raw bytes, no length prefix).
+pub const REGISTRATION_CONTEXT: &[u8; 18] = b"sliver/register/v1";
+
+/// The bytes a registrant's libp2p ed25519 key signs to prove it owns its PeerId:
+/// SCALE of `(REGISTRATION_CONTEXT, account, genesis hash, registration nonce)`.
+pub fn registration_message(account: &AccountId, genesis_hash: H256, nonce: u32) -> Vec<u8> {
+    (REGISTRATION_CONTEXT, account.0, genesis_hash, nonce).encode()
+}
+
+/// The hash a validator commits in the Commit phase and opens in the Reveal phase:
+/// blake2-256 of SCALE `(validator, epoch, uids, weights, salt)`.
+pub fn commit_hash(
+    validator: &AccountId,
+    epoch: u32,
+    uids: &[Uid],
+    weights: &[u16],
+    salt: &[u8; 32],
+) -> H256 {
+    let bytes = (validator.0, epoch, uids, weights, salt).encode();
+    H256(sp_crypto_hashing::blake2_256(&bytes))
+}
+
+fn bounded<T>(v: Vec<T>) -> sliver::runtime_types::bounded_collections::bounded_vec::BoundedVec<T> {
+    sliver::runtime_types::bounded_collections::bounded_vec::BoundedVec(v)
+}
+
+impl ChainClient {
+    /// The chain's genesis hash.
+    pub fn genesis_hash(&self) -> H256 {
+        self.api().genesis_hash()
+    }
+
+    /// The nonce the next registration of `who` must sign.
+    pub async fn registration_nonce(&self, who: &AccountId) -> Result<u32, ChainError> {
+        let at = self.api().at_current_block().await.map_err(rpc)?;
+        let entry = at
+            .storage()
+            .entry(sliver::storage().sliver_registry().registration_nonce())
+            .map_err(rpc)?;
+        match entry.try_fetch((who.clone(),)).await.map_err(rpc)? {
+            Some(v) => v.decode().map_err(rpc),
+            None => Ok(0),
+        }
+    }
+
+    /// The uid `who` holds at the latest finalized block.
+    pub async fn uid_of(&self, who: &AccountId) -> Result<Option<Uid>, ChainError> {
+        let at = self.api().at_current_block().await.map_err(rpc)?;
+        let entry =
+            at.storage().entry(sliver::storage().sliver_registry().uid_of()).map_err(rpc)?;
+        match entry.try_fetch((who.clone(),)).await.map_err(rpc)? {
+            Some(v) => Ok(Some(v.decode().map_err(rpc)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Registers `signer` in `role`, proving ownership of the libp2p key `peer` by signing the
+    /// registration message with it. Waits for finality and returns the uid.
+    pub async fn register(
+        &self,
+        signer: &Keypair,
+        role: Role,
+        peer: &ed25519_dalek::SigningKey,
+        addresses: &[String],
+        hardware: HardwareProfile,
+    ) -> Result<Uid, ChainError> {
+        use ed25519_dalek::Signer;
+        let who = crate::account_of(signer);
+        let nonce = self.registration_nonce(&who).await?;
+        let signature = peer.sign(&registration_message(&who, self.genesis_hash(), nonce));
+        let addresses = bounded(addresses.iter().map(|a| bounded(a.as_bytes().to_vec())).collect());
+        let call = sliver::tx().sliver_registry().register(
+            role,
+            peer.verifying_key().to_bytes(),
+            signature.to_bytes(),
+            addresses,
+            hardware,
+        );
+        self.submit_and_finalize(&call, signer, "sliver_registry.register").await?;
+        self.uid_of(&who).await?.ok_or_else(|| ChainError::Transaction {
+            what: "sliver_registry.register".into(),
+            reason: "finalized, but the account holds no uid".into(),
+        })
+    }
+
+    /// Bonds `amount` more validator stake.
+    pub async fn bond(&self, signer: &Keypair, amount: Balance) -> Result<(), ChainError> {
+        let call = sliver::tx().sliver_registry().bond(amount);
+        self.submit_and_finalize(&call, signer, "sliver_registry.bond").await.map(|_| ())
+    }
+
+    /// Epoch, phase and boundaries at the best (not yet finalized) block, which is what a
+    /// transaction submitted now is checked against, with that block's number.
+    pub async fn epoch_info(&self) -> Result<(EpochInfo<u32>, u32), ChainError> {
+        let (number, hash) = self.best_block().await?;
+        let at = self.api().at_block(hash).await.map_err(rpc)?;
+        let info = at
+            .runtime_apis()
+            .call(sliver::runtime_apis().sliver_api().epoch_info())
+            .await
+            .map_err(rpc)?;
+        Ok((info, number))
+    }
+
+    /// Commits the hash of this epoch's weights (Commit phase).
+    pub async fn commit_weights(&self, signer: &Keypair, hash: H256) -> Result<H256, ChainError> {
+        let call = sliver::tx().sliver_rewards().commit_weights(hash);
+        self.submit_and_finalize(&call, signer, "sliver_rewards.commit_weights").await
+    }
+
+    /// Reveals the weights committed earlier this epoch (Reveal phase).
+    pub async fn reveal_weights(
+        &self,
+        signer: &Keypair,
+        uids: Vec<Uid>,
+        weights: Vec<u16>,
+        salt: [u8; 32],
+    ) -> Result<H256, ChainError> {
+        let call =
+            sliver::tx().sliver_rewards().reveal_weights(bounded(uids), bounded(weights), salt);
+        self.submit_and_finalize(&call, signer, "sliver_rewards.reveal_weights").await
+    }
+}
