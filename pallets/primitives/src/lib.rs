@@ -133,6 +133,9 @@ pub trait EpochClock {
 pub trait OnUidReleased {
     /// Drop all state kept for `uid`. Returns the weight used.
     fn on_uid_released(uid: Uid) -> Weight;
+    /// An upper bound of the weight of [`OnUidReleased::on_uid_released`], which callers add to
+    /// the pre-dispatch weight of calls that free a uid.
+    fn max_weight() -> Weight;
 }
 
 /// Called by the clock at each epoch boundary, after the new epoch's assignment is made.
@@ -152,6 +155,12 @@ impl OnUidReleased for Tuple {
     fn on_uid_released(uid: Uid) -> Weight {
         let mut weight = Weight::zero();
         for_tuples!( #( weight = weight.saturating_add(Tuple::on_uid_released(uid)); )* );
+        weight
+    }
+
+    fn max_weight() -> Weight {
+        let mut weight = Weight::zero();
+        for_tuples!( #( weight = weight.saturating_add(Tuple::max_weight()); )* );
         weight
     }
 }

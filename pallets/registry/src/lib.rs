@@ -483,7 +483,7 @@ pub mod pallet {
         /// lowest free uid, or, as a miner when all miner slots are taken, the uid of the
         /// lowest-scoring miner that is not immune (which is deregistered).
         #[pallet::call_index(0)]
-        #[pallet::weight(T::WeightInfo::register())]
+        #[pallet::weight(T::WeightInfo::register().saturating_add(T::OnUidReleased::max_weight()))]
         pub fn register(
             origin: OriginFor<T>,
             role: Role,
@@ -579,7 +579,7 @@ pub mod pallet {
         /// Give up the caller's uid. The deposit and any stake stay on hold and are
         /// withdrawable [`Config::UnbondingEpochs`] epochs from now.
         #[pallet::call_index(2)]
-        #[pallet::weight(T::WeightInfo::deregister())]
+        #[pallet::weight(T::WeightInfo::deregister().saturating_add(T::OnUidReleased::max_weight()))]
         pub fn deregister(origin: OriginFor<T>) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let (uid, _) = Self::registration_of_account(&who)?;

@@ -110,6 +110,10 @@ impl OnUidReleased for MockOnUidReleased {
         SCORES.with(|s| s.borrow_mut().remove(&uid));
         frame_support::weights::Weight::zero()
     }
+
+    fn max_weight() -> frame_support::weights::Weight {
+        frame_support::weights::Weight::from_parts(1_000_000, 0)
+    }
 }
 
 /// The uids released so far, in order.

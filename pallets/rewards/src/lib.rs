@@ -727,6 +727,10 @@ impl<T: Config> OnUidReleased for Pallet<T> {
     fn on_uid_released(uid: Uid) -> Weight {
         Self::clear_uid(uid)
     }
+
+    fn max_weight() -> Weight {
+        T::WeightInfo::on_uid_released()
+    }
 }
 
 impl<T: Config> MinerScores for Pallet<T> {
