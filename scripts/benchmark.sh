@@ -15,7 +15,7 @@ command -v frame-omni-bencher >/dev/null || {
 
 step "building the runtime wasm with runtime-benchmarks"
 cargo build --locked -p sliver-runtime --features runtime-benchmarks
-wasm=$CARGO_TARGET_DIR/debug/wbuild/sliver-runtime/sliver_runtime.compact.compressed.wasm
+wasm=$CARGO_TARGET_DIR/debug/wbuild/sliver-runtime/sliver_runtime.wasm
 
 pallets=("$@")
 [ ${#pallets[@]} -eq 0 ] && pallets=(pallet_sliver_registry pallet_sliver_clock pallet_sliver_rewards)

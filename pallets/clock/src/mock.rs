@@ -89,6 +89,10 @@ impl Registry<u64> for MockRegistry {
     fn validators() -> Vec<(Uid, Stake)> {
         Vec::new()
     }
+
+    fn registered_at(_uid: Uid) -> Option<sliver_primitives::EpochIndex> {
+        None
+    }
 }
 
 /// `OnEpochChange` double that records its calls.

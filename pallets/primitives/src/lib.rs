@@ -117,6 +117,8 @@ pub trait Registry<AccountId> {
     fn miners() -> Vec<(Uid, u64)>;
     /// Registered validators as `(uid, active stake)`, by uid.
     fn validators() -> Vec<(Uid, Stake)>;
+    /// The epoch in which the current holder of `uid` registered (`None` if unknown).
+    fn registered_at(uid: Uid) -> Option<EpochIndex>;
 }
 
 /// Read access to the epoch clock.

@@ -989,4 +989,8 @@ impl<T: Config> sliver_primitives::Registry<T::AccountId> for Pallet<T> {
         validators.sort_unstable_by_key(|(uid, _)| *uid);
         validators
     }
+
+    fn registered_at(uid: sliver_primitives::Uid) -> Option<EpochIndex> {
+        Registrations::<T>::get(uid).map(|r| r.registered_at)
+    }
 }

@@ -435,8 +435,17 @@ pub mod pallet {
             );
             ensure!(weights.iter().any(|w| *w > 0), Error::<T>::ZeroWeights);
 
-            let entries = BoundedVec::truncate_from(uids.into_iter().zip(weights).collect());
-            Reveals::<T>::insert(epoch, uid, entries);
+            // A miner that registered this epoch holds a uid whose previous holder did the work
+            // the validator committed to (or no work at all: miners are assigned at the next
+            // boundary). Its weight is dropped, so a uid taken over mid-epoch earns nothing.
+            let entries: Vec<(Uid, u16)> = uids
+                .into_iter()
+                .zip(weights)
+                .filter(|(m, _)| T::Registry::registered_at(*m).is_none_or(|at| at < epoch))
+                .collect();
+            if entries.iter().any(|(_, w)| *w > 0) {
+                Reveals::<T>::insert(epoch, uid, BoundedVec::truncate_from(entries));
+            }
 
             Self::deposit_event(Event::WeightsRevealed { uid, epoch });
             Ok(())

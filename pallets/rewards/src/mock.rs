@@ -58,6 +58,12 @@ thread_local! {
 
 /// Registry double backed by [`REGISTRY`].
 pub struct TestRegistry;
+thread_local! {
+    /// Registration epochs the registry double reports (none unless a test sets one).
+    pub static REGISTERED_AT: core::cell::RefCell<std::collections::BTreeMap<Uid, EpochIndex>> =
+        Default::default();
+}
+
 impl Registry<AccountId> for TestRegistry {
     fn uid_of(who: &AccountId) -> Option<Uid> {
         REGISTRY.with(|r| r.borrow().iter().find(|(_, (a, _, _))| a == who).map(|(uid, _)| *uid))
@@ -88,6 +94,10 @@ impl Registry<AccountId> for TestRegistry {
                 .map(|(uid, (_, _, stake))| (*uid, *stake))
                 .collect()
         })
+    }
+
+    fn registered_at(uid: Uid) -> Option<EpochIndex> {
+        REGISTERED_AT.with(|r| r.borrow().get(&uid).copied())
     }
 }
 

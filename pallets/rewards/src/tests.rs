@@ -241,6 +241,25 @@ fn reveal_weights_works() {
 }
 
 #[test]
+fn reveal_weights_drops_miners_registered_this_epoch() {
+    ExtBuilder::default().build_and_execute(|| {
+        setup();
+        // The uid of the first miner in V1's weights changed hands in epoch 2: whoever holds it
+        // now did not do the work V1 committed to.
+        let taken_over = V1_WEIGHTS[0].0;
+        crate::mock::REGISTERED_AT.with(|r| r.borrow_mut().insert(taken_over, 2));
+        set_clock(2, Phase::Commit);
+        assert_ok!(commit(V1, V1_WEIGHTS));
+        set_clock(2, Phase::Reveal);
+        assert_ok!(reveal(V1, V1_WEIGHTS));
+        let stored = Reveals::<Test>::get(2, 1).expect("the other weights are kept");
+        assert!(stored.iter().all(|(m, _)| *m != taken_over));
+        assert_eq!(stored.len(), V1_WEIGHTS.len() - 1);
+        crate::mock::REGISTERED_AT.with(|r| r.borrow_mut().clear());
+    });
+}
+
+#[test]
 fn reveal_weights_requires_a_validator_and_the_reveal_phase() {
     ExtBuilder::default().build_and_execute(|| {
         setup();
