@@ -61,13 +61,17 @@ mod benchmarks {
             T::RunOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
         let run = max_run::<T>();
         frame_system::Pallet::<T>::set_block_number(One::one());
+        // Worst case: no run is active (a genesis run may be), so the new one activates now.
+        ActiveRun::<T>::kill();
+        let id = NextRunId::<T>::get();
+        let epoch = CurrentEpoch::<T>::get();
 
         #[extrinsic_call]
         _(origin as T::RuntimeOrigin, run.clone());
 
-        assert_eq!(ActiveRun::<T>::get(), Some(0));
-        assert_eq!(TrainingRuns::<T>::get(0), Some(TrainingRun::new(run, One::one())));
-        assert_last_event::<T>(Event::RunActivated { run_id: 0, epoch: 0 });
+        assert_eq!(ActiveRun::<T>::get(), Some(id));
+        assert_eq!(TrainingRuns::<T>::get(id), Some(TrainingRun::new(run, One::one())));
+        assert_last_event::<T>(Event::RunActivated { run_id: id, epoch });
         Ok(())
     }
 
