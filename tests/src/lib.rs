@@ -56,20 +56,19 @@ impl DevNode {
 
     /// Like [`DevNode::start`] with extra command-line arguments.
     pub fn start_with_args(extra: &[&str]) -> Result<Self, String> {
+        let mut args = vec!["--dev", "--port", "0"];
+        args.extend_from_slice(extra);
+        Self::spawn(&args)
+    }
+
+    /// Starts `sliver-node` with a temporary database, an OS-chosen RPC port, no Prometheus
+    /// and no mDNS, plus `args` (which name the chain and the P2P port).
+    pub fn spawn(args: &[&str]) -> Result<Self, String> {
         let bin = node_binary()?;
         let mut child = Command::new(&bin)
-            .args([
-                "--dev",
-                "--tmp",
-                "--rpc-port",
-                "0",
-                "--port",
-                "0",
-                "--no-prometheus",
-                "--no-mdns",
-            ])
+            .args(["--tmp", "--rpc-port", "0", "--no-prometheus", "--no-mdns"])
             .args(["--no-telemetry", "--log", "info"])
-            .args(extra)
+            .args(args)
             .args(std::env::var("SLIVER_NODE_EXTRA_ARGS").unwrap_or_default().split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -120,6 +119,14 @@ impl DevNode {
         log[log.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The node's libp2p PeerId, from its start-up log.
+    pub fn peer_id(&self) -> Option<String> {
+        let log = self.log.lock().ok()?;
+        log.iter().find_map(|l| {
+            l.split("Local node identity is: ").nth(1).map(|id| id.trim().to_string())
+        })
+    }
+
     /// Whether the node process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -139,6 +146,14 @@ fn rpc_url_from_log(line: &str) -> Option<String> {
     let first = rest.split([',', ' ']).next()?.trim();
     let port = first.rsplit(':').next()?.parse::<u16>().ok()?;
     Some(format!("ws://127.0.0.1:{port}"))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on loopback")
 }
 
 #[cfg(test)]
