@@ -1,37 +1,20 @@
 //! The Sliver pallets together in the real runtime (natively, no node): registrations,
 //! several epochs of commit and reveal, and payouts at every epoch boundary.
 
+mod common;
+
 use frame_support::traits::{fungible::Inspect, OnInitialize};
 use sliver_primitives::{Phase, Role};
 use sliver_runtime::{
-    configs::EmissionPerEpoch, AccountId, Balances, BuildStorage, Runtime, RuntimeCall,
-    RuntimeEvent, RuntimeGenesisConfig, RuntimeOrigin, SliverClock, SliverRegistry, SliverRewards,
-    System, UNIT,
+    configs::EmissionPerEpoch, AccountId, Balances, Runtime, RuntimeCall, RuntimeEvent,
+    RuntimeOrigin, SliverClock, SliverRegistry, SliverRewards, System, UNIT,
 };
 use sp_core::{ed25519, Pair, H256};
 use sp_keyring::Sr25519Keyring as K;
 use sp_runtime::traits::Dispatchable;
 
-fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
-    match (base, patch) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, p) => *b = p,
-    }
-}
-
 fn dev_ext() -> sp_io::TestExternalities {
-    let patch: serde_json::Value = serde_json::from_slice(
-        &sliver_runtime::genesis_config_presets::get_preset(&"development".into()).unwrap(),
-    )
-    .unwrap();
-    let mut full = serde_json::to_value(RuntimeGenesisConfig::default()).unwrap();
-    merge(&mut full, patch);
-    let config: RuntimeGenesisConfig = serde_json::from_value(full).unwrap();
-    let mut ext = sp_io::TestExternalities::new(config.build_storage().unwrap());
+    let mut ext = common::ext_for("development");
     ext.execute_with(|| System::set_block_number(1));
     ext
 }

@@ -1,36 +1,13 @@
 //! The genesis presets build a valid initial state.
 
+mod common;
+use common::ext_for;
+
 use sliver_runtime::{
     genesis_config_presets::{self, ENDOWMENT},
-    Aura, Balances, BuildStorage, Grandpa, Runtime, RuntimeGenesisConfig,
+    Aura, Balances, Grandpa, Runtime,
 };
 use sp_keyring::Sr25519Keyring;
-
-fn ext_for(preset: &str) -> sp_io::TestExternalities {
-    let json = frame_support::genesis_builder_helper::get_preset::<RuntimeGenesisConfig>(
-        &Some(preset.into()),
-        genesis_config_presets::get_preset,
-    )
-    .unwrap_or_else(|| panic!("preset {preset} exists"));
-    // A preset is a patch over the default config, as the node's chain-spec builder applies it.
-    let patch: serde_json::Value = serde_json::from_slice(&json).expect("preset is JSON");
-    let mut full = serde_json::to_value(RuntimeGenesisConfig::default()).unwrap();
-    merge(&mut full, patch);
-    let config: RuntimeGenesisConfig =
-        serde_json::from_value(full).expect("patched config is valid");
-    sp_io::TestExternalities::new(config.build_storage().expect("genesis builds"))
-}
-
-fn merge(base: &mut serde_json::Value, patch: serde_json::Value) {
-    match (base, patch) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, p) => *b = p,
-    }
-}
 
 #[test]
 fn development_preset_has_one_authority_and_endowed_dev_accounts() {
