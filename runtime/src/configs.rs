@@ -144,7 +144,7 @@ impl pallet_sliver_registry::Config for Runtime {
     type RuntimeHoldReason = RuntimeHoldReason;
     type Clock = SliverClock;
     type Scores = SliverRewards;
-    type OnUidReleased = SliverRewards;
+    type OnUidReleased = (SliverRewards, SliverClock);
     type RegistrationDeposit = RegistrationDeposit;
     type MinValidatorStake = MinValidatorStake;
     type MaxMiners = MaxMiners;

@@ -115,7 +115,8 @@ use core::cmp::Reverse;
 use frame_support::pallet_prelude::*;
 use frame_system::pallet_prelude::*;
 use sliver_primitives::{
-    EpochClock, EpochIndex, EpochInfo, OnEpochChange, Phase, Registry, RunId, SliverIndex, Uid,
+    EpochClock, EpochIndex, EpochInfo, OnEpochChange, OnUidReleased, Phase, Registry, RunId,
+    SliverIndex, Uid,
 };
 use sp_core::H256;
 use sp_io::hashing::blake2_256;
@@ -687,6 +688,26 @@ impl<T: Config> Pallet<T> {
             "CurrentPhase disagrees with the block number"
         );
         Ok(())
+    }
+}
+
+/// A freed uid leaves the current assignment at once, so that whoever takes the uid next is not
+/// reported as training the previous holder's sliver. The sliver's miner count drops; its
+/// throughput figure stays the one assigned at the boundary until the next rotation.
+impl<T: Config> OnUidReleased for Pallet<T> {
+    fn on_uid_released(uid: Uid) -> Weight {
+        if let Some(sliver) = Assignment::<T>::take(uid) {
+            SliverLoad::<T>::mutate(|load| {
+                if let Some((count, _)) = load.get_mut(usize::from(sliver)) {
+                    *count = count.saturating_sub(1);
+                }
+            });
+        }
+        Self::max_weight()
+    }
+
+    fn max_weight() -> Weight {
+        T::DbWeight::get().reads_writes(2, 2)
     }
 }
 

@@ -835,3 +835,23 @@ mod assign_slivers_fn {
         }
     }
 }
+
+#[test]
+fn a_released_uid_leaves_the_assignment_at_once() {
+    use sliver_primitives::OnUidReleased;
+    ExtBuilder::default().with_run(run_params(2)).with_miners(ten_miners()).build_and_execute(
+        || {
+            assert_ok!(SliverClock::force_new_epoch(root()));
+            run_to_block(2);
+            let (uid, sliver) = SliverClock::assignments()[0];
+            let before = SliverLoad::<Test>::get()[usize::from(sliver)].0;
+            <SliverClock as OnUidReleased>::on_uid_released(uid);
+            assert!(SliverClock::assignments().iter().all(|(u, _)| *u != uid));
+            assert_eq!(<SliverClock as EpochClock>::sliver_of(uid), None);
+            assert_eq!(SliverLoad::<Test>::get()[usize::from(sliver)].0, before - 1);
+            // Releasing an unassigned uid changes nothing.
+            <SliverClock as OnUidReleased>::on_uid_released(999);
+            assert_eq!(SliverClock::assignments().len(), 9);
+        },
+    );
+}

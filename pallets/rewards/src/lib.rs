@@ -349,8 +349,6 @@ pub mod pallet {
         EmptyWeights,
         /// A miner uid appears more than once.
         DuplicateUid,
-        /// A uid is not a registered miner.
-        UnknownMiner,
         /// Every weight is zero.
         ZeroWeights,
         /// A weight commitment must have a non-zero size.
@@ -429,18 +427,18 @@ pub mod pallet {
             distinct.sort_unstable();
             distinct.dedup();
             ensure!(distinct.len() == uids.len(), Error::<T>::DuplicateUid);
-            ensure!(
-                uids.iter().all(|m| T::Registry::role_of(*m) == Some(Role::Miner)),
-                Error::<T>::UnknownMiner
-            );
             ensure!(weights.iter().any(|w| *w > 0), Error::<T>::ZeroWeights);
 
+            // The committed list cannot change, but the miners in it can: weights of uids that
+            // are no longer miners (a miner that left after the commit) are dropped rather than
+            // failing the reveal, which would let any miner void the epoch by deregistering.
             // A miner that registered this epoch holds a uid whose previous holder did the work
             // the validator committed to (or no work at all: miners are assigned at the next
-            // boundary). Its weight is dropped, so a uid taken over mid-epoch earns nothing.
+            // boundary); its weight is dropped too, so a uid taken over mid-epoch earns nothing.
             let entries: Vec<(Uid, u16)> = uids
                 .into_iter()
                 .zip(weights)
+                .filter(|(m, _)| T::Registry::role_of(*m) == Some(Role::Miner))
                 .filter(|(m, _)| T::Registry::registered_at(*m).is_none_or(|at| at < epoch))
                 .collect();
             if entries.iter().any(|(_, w)| *w > 0) {
@@ -535,6 +533,18 @@ impl<T: Config> Pallet<T> {
                     .unwrap_or_default(),
             })
             .collect();
+        // Quorum: consensus needs the validators holding at least half of all registered
+        // validator stake to have revealed. Otherwise one small validator could decide an epoch
+        // in which the others are silent; the epoch then pays nothing and bonds stay as they are.
+        let total_stake = inputs.iter().fold(0u128, |acc, v| acc.saturating_add(v.stake));
+        let revealed_stake = inputs
+            .iter()
+            .filter(|v| !v.weights.is_empty())
+            .fold(0u128, |acc, v| acc.saturating_add(v.stake));
+        let mut inputs = inputs;
+        if revealed_stake.saturating_mul(2) < total_stake {
+            inputs.iter_mut().for_each(|v| v.weights.clear());
+        }
         let settled_miners = consensus::miner_set(&inputs);
         let weight = T::WeightInfo::settle(validators.len() as u32, settled_miners.len() as u32);
 

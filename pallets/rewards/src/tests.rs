@@ -326,8 +326,6 @@ fn reveal_weights_validates_the_shape() {
             (vec![MA], vec![1, 2], Error::<Test>::LengthMismatch),
             (vec![], vec![], Error::<Test>::EmptyWeights),
             (vec![MA, MB, MA], vec![1, 1, 1], Error::<Test>::DuplicateUid),
-            (vec![MA, 2], vec![1, 1], Error::<Test>::UnknownMiner),
-            (vec![MA, 77], vec![1, 1], Error::<Test>::UnknownMiner),
             (vec![MA, MB], vec![0, 0], Error::<Test>::ZeroWeights),
         ];
         for (epoch, (uids, weights, error)) in cases.into_iter().enumerate() {
@@ -541,6 +539,35 @@ fn silent_validators_earn_nothing_and_their_bonds_decay() {
 }
 
 #[test]
+fn weights_of_uids_that_are_not_miners_are_dropped_at_reveal() {
+    ExtBuilder::default().build_and_execute(|| {
+        setup();
+        // Uid 2 is a validator and 77 is free: a miner that left after the commit must not be
+        // able to void the validator's reveal.
+        let (uids, weights) = (vec![MA, 2, 77], vec![1, 1, 1]);
+        set_clock(0, Phase::Commit);
+        assert_ok!(commit_raw(V1, &uids, &weights, SALT));
+        set_clock(0, Phase::Reveal);
+        assert_ok!(reveal_raw(V1, &uids, &weights, SALT));
+        assert_eq!(Reveals::<Test>::get(0, 1), Some(bounded(&[(MA, 1)])));
+    });
+}
+
+#[test]
+fn no_payout_without_a_quorum_of_stake() {
+    ExtBuilder::default().build_and_execute(|| {
+        setup();
+        let (v1, v2) = (balance(V1), balance(V2));
+        let miners = [balance(110), balance(111), balance(112)];
+        // V2 holds 40% of the stake: alone it cannot decide the epoch.
+        run_epoch(0, &[(V2, V2_WEIGHTS)]);
+        assert_eq!((balance(V1), balance(V2)), (v1, v2));
+        assert_eq!([balance(110), balance(111), balance(112)], miners);
+        assert!(Bonds::<Test>::iter().next().is_none());
+    });
+}
+
+#[test]
 fn committing_without_revealing_earns_nothing() {
     ExtBuilder::default().build_and_execute(|| {
         setup();
@@ -548,14 +575,15 @@ fn committing_without_revealing_earns_nothing() {
         assert_ok!(commit(V1, V1_WEIGHTS));
         assert_ok!(commit(V2, V2_WEIGHTS));
         set_clock(0, Phase::Reveal);
-        assert_ok!(reveal(V2, V2_WEIGHTS));
+        assert_ok!(reveal(V1, V1_WEIGHTS));
         settle(0);
-        // Only V2's weights count: consensus is V2's view and V2 gets every dividend.
-        assert_eq!(balance(V1), 0);
-        assert_eq!(balance(V2), 45_000);
+        // Only V1's weights count (V1 holds 60% of the stake, a quorum): consensus is V1's view
+        // and V1 gets every dividend.
+        assert_eq!(balance(V2), 0);
+        assert_eq!(balance(V1), 45_000);
         assert_eq!(balance(110), 22_500);
-        assert_eq!(balance(111), 11_250);
-        assert_eq!(balance(112), 11_250);
+        assert_eq!(balance(111), 22_500);
+        assert_eq!(balance(112), 0);
         assert_eq!(WeightCommits::<Test>::iter_prefix(0).count(), 0);
     });
 }
