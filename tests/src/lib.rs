@@ -126,11 +126,6 @@ impl DevNode {
             l.split("Local node identity is: ").nth(1).map(|id| id.trim().to_string())
         })
     }
-
-    /// Whether the node process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
 impl Drop for DevNode {

@@ -521,7 +521,7 @@ impl<T: Config> Pallet<T> {
         miners.dedup();
         miners.truncate(max_miners);
 
-        let inputs: Vec<consensus::ValidatorWeights> = validators
+        let mut inputs: Vec<consensus::ValidatorWeights> = validators
             .iter()
             .map(|(uid, stake)| consensus::ValidatorWeights {
                 uid: *uid,
@@ -541,7 +541,6 @@ impl<T: Config> Pallet<T> {
             .iter()
             .filter(|v| !v.weights.is_empty())
             .fold(0u128, |acc, v| acc.saturating_add(v.stake));
-        let mut inputs = inputs;
         if revealed_stake.saturating_mul(2) < total_stake {
             inputs.iter_mut().for_each(|v| v.weights.clear());
         }
