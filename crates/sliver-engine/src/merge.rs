@@ -1,0 +1,251 @@
+//! Merging replicas of a sliver, DiLoCo-style, and compressing what they exchange.
+//!
+//! Every H inner steps each replica computes its pseudo-gradient `start - current` (per
+//! parameter), the replicas average them, and an outer Nesterov-momentum SGD step moves the shared
+//! start weights; every replica then continues from the new start. Pseudo-gradients can travel
+//! dense (f32), as int8 with a scale per chunk, or as top-k with error feedback (what was not
+//! sent is remembered and added to the next pseudo-gradient).
+//!
+//! This module is pure maths on flat `Vec<f32>`s; moving the bytes is the P2P crate's job.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::model::Sliver;
+use crate::EngineError;
+
+/// Parameters as flat vectors by name.
+pub type Flat = BTreeMap<String, Vec<f32>>;
+
+/// Copies every parameter of a sliver out as flat f32 vectors.
+pub fn export_flat(sliver: &mut Sliver) -> Flat {
+    sliver
+        .params_mut()
+        .into_iter()
+        .map(|(name, p)| (name, p.flat().try_to_vec_as::<f32>().unwrap_or_default()))
+        .collect()
+}
+
+/// Overwrites the parameters of `sliver` from `flat`; every parameter must be present with the
+/// right length, or nothing is changed.
+pub fn import_flat(sliver: &mut Sliver, flat: &Flat) -> Result<(), EngineError> {
+    let mut params = sliver.params_mut();
+    for (name, p) in &params {
+        let want: usize = p.shape().iter().product();
+        match flat.get(name) {
+            None => return Err(EngineError::Checkpoint(format!("missing parameter {name}"))),
+            Some(v) if v.len() != want => {
+                return Err(EngineError::Checkpoint(format!("{name} has {} values, expected {want}", v.len())))
+            }
+            Some(v) if v.iter().any(|x| !x.is_finite()) => {
+                return Err(EngineError::Checkpoint(format!("{name} holds a non-finite value")))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, p) in &mut params {
+        let v = &flat[name.as_str()];
+        let device = p.flat().device();
+        p.set_flat(Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &device));
+    }
+    Ok(())
+}
+
+/// How pseudo-gradients are encoded for the exchange.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DeltaCodec {
+    /// 4 bytes a value.
+    Dense,
+    /// 1 byte a value plus an f32 scale per chunk of [`INT8_CHUNK`] values.
+    Int8,
+    /// The `fraction` of largest-magnitude values (of delta plus carried error) as (u32 index,
+    /// f32 value) pairs; the rest is carried to the next merge.
+    TopK {
+        /// Fraction kept, in (0, 1].
+        fraction: f64,
+    },
+}
+
+/// Values sharing one int8 scale.
+pub const INT8_CHUNK: usize = 1024;
+
+/// One replica's encoded pseudo-gradient: what it would send, and its size in bytes.
+#[derive(Clone, Debug)]
+pub struct EncodedDelta {
+    /// The decoded values the receivers will use (per parameter).
+    pub values: Flat,
+    /// Bytes on the wire.
+    pub bytes: u64,
+}
+
+/// Per-replica state of the compression (error feedback for top-k).
+#[derive(Clone, Debug, Default)]
+pub struct DeltaEncoder {
+    residual: Flat,
+}
+
+impl DeltaEncoder {
+    /// Encodes `delta` with `codec`, returning what the receivers reconstruct. Top-k adds the
+    /// carried residual first and keeps what it drops for next time.
+    pub fn encode(&mut self, delta: &Flat, codec: DeltaCodec) -> EncodedDelta {
+        let mut values = Flat::new();
+        let mut bytes = 0u64;
+        for (name, d) in delta {
+            let (v, b) = match codec {
+                DeltaCodec::Dense => (d.clone(), 4 * d.len() as u64),
+                DeltaCodec::Int8 => int8_roundtrip(d),
+                DeltaCodec::TopK { fraction } => {
+                    let r = self.residual.entry(name.clone()).or_insert_with(|| vec![0.0; d.len()]);
+                    for (ri, di) in r.iter_mut().zip(d) {
+                        *ri += di;
+                    }
+                    let k = ((d.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize).clamp(1, d.len().max(1));
+                    let mut idx: Vec<usize> = (0..r.len()).collect();
+                    if k < idx.len() {
+                        idx.select_nth_unstable_by(k, |&a, &b| r[b].abs().total_cmp(&r[a].abs()));
+                        idx.truncate(k);
+                    }
+                    let mut sent = vec![0.0; d.len()];
+                    for &i in &idx {
+                        sent[i] = r[i];
+                        r[i] = 0.0;
+                    }
+                    (sent, 8 * idx.len() as u64)
+                }
+            };
+            bytes += b;
+            values.insert(name.clone(), v);
+        }
+        EncodedDelta { values, bytes }
+    }
+}
+
+fn int8_roundtrip(d: &[f32]) -> (Vec<f32>, u64) {
+    let mut out = Vec::with_capacity(d.len());
+    let mut bytes = 0u64;
+    for chunk in d.chunks(INT8_CHUNK) {
+        let max = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 0.0 };
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        out.extend(chunk.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) * scale));
+        bytes += 4 + chunk.len() as u64;
+    }
+    (out, bytes)
+}
+
+/// The outer optimiser: SGD with Nesterov momentum on the averaged pseudo-gradient.
+#[derive(Clone, Debug)]
+pub struct OuterOptimizer {
+    /// Outer learning rate (DiLoCo uses 0.7).
+    pub lr: f32,
+    /// Momentum (DiLoCo uses 0.9).
+    pub momentum: f32,
+    velocity: Flat,
+}
+
+impl OuterOptimizer {
+    /// A fresh outer optimiser.
+    pub fn new(lr: f32, momentum: f32) -> Self {
+        OuterOptimizer { lr, momentum, velocity: Flat::new() }
+    }
+
+    /// Applies the averaged pseudo-gradient `avg` to `start` in place (PyTorch SGD, nesterov).
+    pub fn step(&mut self, start: &mut Flat, avg: &Flat) {
+        for (name, w) in start.iter_mut() {
+            let Some(g) = avg.get(name) else { continue };
+            let v = self.velocity.entry(name.clone()).or_insert_with(|| vec![0.0; w.len()]);
+            for ((wi, gi), vi) in w.iter_mut().zip(g).zip(v.iter_mut()) {
+                *vi = self.momentum * *vi + gi;
+                *wi -= self.lr * (gi + self.momentum * *vi);
+            }
+        }
+    }
+}
+
+/// `start - current` per parameter.
+pub fn pseudo_gradient(start: &Flat, current: &Flat) -> Flat {
+    start
+        .iter()
+        .filter_map(|(k, s)| {
+            let c = current.get(k)?;
+            Some((k.clone(), s.iter().zip(c).map(|(a, b)| a - b).collect()))
+        })
+        .collect()
+}
+
+/// The element-wise mean of several replicas' decoded pseudo-gradients.
+pub fn average(deltas: &[Flat]) -> Flat {
+    let mut out = Flat::new();
+    let n = deltas.len().max(1) as f32;
+    for d in deltas {
+        for (k, v) in d {
+            let acc = out.entry(k.clone()).or_insert_with(|| vec![0.0; v.len()]);
+            for (a, x) in acc.iter_mut().zip(v) {
+                *a += x;
+            }
+        }
+    }
+    for v in out.values_mut() {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(v: &[f32]) -> Flat {
+        [("w".to_string(), v.to_vec())].into_iter().collect()
+    }
+
+    #[test]
+    fn outer_step_with_lr_one_and_no_momentum_is_plain_averaging() {
+        let start = flat(&[1.0, 2.0]);
+        let a = flat(&[0.0, 2.0]);
+        let b = flat(&[1.0, 4.0]);
+        let avg = average(&[pseudo_gradient(&start, &a), pseudo_gradient(&start, &b)]);
+        let mut s = start.clone();
+        OuterOptimizer::new(1.0, 0.0).step(&mut s, &avg);
+        assert_eq!(s["w"], vec![0.5, 3.0]);
+    }
+
+    #[test]
+    fn nesterov_matches_pytorch() {
+        // torch.optim.SGD([w], lr=0.5, momentum=0.9, nesterov=True), grad 1.0 twice:
+        // step 1: buf=1, w -= 0.5*(1+0.9) -> -0.95; step 2: buf=1.9, w -= 0.5*(1+1.71) -> -2.305
+        let mut w = flat(&[0.0]);
+        let mut o = OuterOptimizer::new(0.5, 0.9);
+        o.step(&mut w, &flat(&[1.0]));
+        assert!((w["w"][0] + 0.95).abs() < 1e-6);
+        o.step(&mut w, &flat(&[1.0]));
+        assert!((w["w"][0] + 2.305).abs() < 1e-6);
+    }
+
+    #[test]
+    fn topk_error_feedback_sends_everything_eventually() {
+        let mut enc = DeltaEncoder::default();
+        let d = flat(&[4.0, -3.0, 2.0, 1.0]);
+        let e1 = enc.encode(&d, DeltaCodec::TopK { fraction: 0.25 });
+        assert_eq!(e1.values["w"], vec![4.0, 0.0, 0.0, 0.0]);
+        assert_eq!(e1.bytes, 8);
+        let zero = flat(&[0.0; 4]);
+        let mut total = e1.values["w"].clone();
+        for _ in 0..3 {
+            let e = enc.encode(&zero, DeltaCodec::TopK { fraction: 0.25 });
+            total.iter_mut().zip(&e.values["w"]).for_each(|(t, x)| *t += x);
+        }
+        assert_eq!(total, vec![4.0, -3.0, 2.0, 1.0]);
+    }
+
+    #[test]
+    fn int8_is_close_and_small() {
+        let v: Vec<f32> = (0..3000).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+        let e = DeltaEncoder::default().encode(&flat(&v), DeltaCodec::Int8);
+        assert_eq!(e.bytes, 3000 + 3 * 4);
+        for (a, b) in v.iter().zip(&e.values["w"]) {
+            assert!((a - b).abs() <= 0.08 / 127.0 * 0.51 + 1e-7);
+        }
+    }
+}

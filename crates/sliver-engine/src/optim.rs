@@ -1,0 +1,151 @@
+//! AdamW, the learning-rate schedule and global-norm gradient clipping.
+//!
+//! The optimiser is the engine's own (about 40 lines on Burn tensors) rather than `burn-optim`'s,
+//! for three reasons: weight decay must apply to matrices only (nanoGPT's grouping); clipping
+//! must use the norm over the *whole* model while each miner holds one sliver, which needs the
+//! per-parameter squared norms to cross the network in a fixed order; and the update must follow
+//! PyTorch's `AdamW` step exactly so runs can be compared with it.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::Tensor;
+
+use crate::model::Sliver;
+
+/// AdamW hyper-parameters (PyTorch semantics; decoupled weight decay).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamWConfig {
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matrices (linear weights, embeddings) only.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 }
+    }
+}
+
+/// Per-parameter AdamW state, keyed by the parameter's GPT-2 name.
+#[derive(Debug)]
+pub struct AdamW {
+    /// Hyper-parameters.
+    pub config: AdamWConfig,
+    /// Optimiser steps taken.
+    pub steps: u64,
+    moments: BTreeMap<String, (Tensor<1>, Tensor<1>)>,
+}
+
+impl AdamW {
+    /// A fresh optimiser.
+    pub fn new(config: AdamWConfig) -> Self {
+        AdamW { config, steps: 0, moments: BTreeMap::new() }
+    }
+
+    /// Applies one update to every parameter of `sliver` that has an entry in `grads`
+    /// (flattened gradients by name), at learning rate `lr`.
+    pub fn step(&mut self, sliver: &mut Sliver, grads: &BTreeMap<String, Tensor<1>>, lr: f64) {
+        self.steps += 1;
+        let c = &self.config;
+        let t = self.steps as i32;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let step_size = lr / bc1;
+        for (name, mut param) in sliver.params_mut() {
+            let Some(g) = grads.get(&name) else { continue };
+            let p = param.flat();
+            let (m, v) = match self.moments.remove(&name) {
+                Some(mv) => mv,
+                None => (p.zeros_like(), p.zeros_like()),
+            };
+            let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
+            let v = v.mul_scalar(c.beta2) + g.clone().square().mul_scalar(1.0 - c.beta2);
+            let p = if param.is_matrix() && c.weight_decay != 0.0 {
+                p.mul_scalar(1.0 - lr * c.weight_decay)
+            } else {
+                p
+            };
+            let denom = v.clone().sqrt().div_scalar(bc2_sqrt).add_scalar(c.eps);
+            let p = p - m.clone().div(denom).mul_scalar(step_size);
+            param.set_flat(p);
+            self.moments.insert(name, (m, v));
+        }
+    }
+
+    /// The state as flat vectors `(name, m, v)`, for checkpoints.
+    pub fn export(&self) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+        self.moments
+            .iter()
+            .map(|(k, (m, v))| {
+                (k.clone(), m.try_to_vec_as::<f32>().unwrap_or_default(), v.try_to_vec_as::<f32>().unwrap_or_default())
+            })
+            .collect()
+    }
+}
+
+/// Learning rate of a linear warm-up followed by a cosine decay (nanoGPT's `get_lr`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LrSchedule {
+    /// Peak learning rate.
+    pub max_lr: f64,
+    /// Floor reached at `decay_steps`.
+    pub min_lr: f64,
+    /// Steps of linear warm-up.
+    pub warmup_steps: u64,
+    /// Step at which the cosine reaches `min_lr`.
+    pub decay_steps: u64,
+}
+
+impl LrSchedule {
+    /// The learning rate at 0-based step `it`.
+    pub fn at(&self, it: u64) -> f64 {
+        if it < self.warmup_steps {
+            return self.max_lr * (it + 1) as f64 / (self.warmup_steps + 1) as f64;
+        }
+        if it > self.decay_steps {
+            return self.min_lr;
+        }
+        let span = self.decay_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let ratio = (it - self.warmup_steps) as f64 / span;
+        let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
+        self.min_lr + coeff * (self.max_lr - self.min_lr)
+    }
+}
+
+/// The factor that scales gradients so their global norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`: `max_norm / (norm + 1e-6)`, capped at 1). `squares` are the per-parameter
+/// squared norms, summed in the given order; returns `(norm, factor)`.
+pub fn clip_factor(squares: &[f64], max_norm: f64) -> (f64, f64) {
+    let norm = squares.iter().sum::<f64>().sqrt();
+    let factor = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
+    (norm, factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_matches_nanogpt() {
+        let s = LrSchedule { max_lr: 1e-3, min_lr: 1e-4, warmup_steps: 100, decay_steps: 2000 };
+        assert!((s.at(0) - 1e-3 / 101.0).abs() < 1e-12);
+        assert!((s.at(99) - 1e-3 * 100.0 / 101.0).abs() < 1e-12);
+        assert!((s.at(100) - 1e-3).abs() < 1e-12);
+        assert!((s.at(1050) - 5.5e-4).abs() < 1e-9);
+        assert!((s.at(2000) - 1e-4).abs() < 1e-12);
+        assert_eq!(s.at(5000), 1e-4);
+    }
+
+    #[test]
+    fn clipping_caps_the_global_norm() {
+        let (n, f) = clip_factor(&[9.0, 16.0], 1.0);
+        assert_eq!(n, 5.0);
+        assert!((f - 1.0 / (5.0 + 1e-6)).abs() < 1e-12);
+        assert_eq!(clip_factor(&[0.01], 1.0).1, 1.0);
+    }
+}
