@@ -1,0 +1,451 @@
+//! `sliver-engine`: train a model locally (whole or as in-process slivers), generate text from
+//! checkpoints, and run the engine's benchmarks.
+//!
+//! ```text
+//! sliver-engine train --data input.txt --slivers 2 --iters 2000 --out ckpt/
+//! sliver-engine generate ckpt/sliver-0-of-2.safetensors ckpt/sliver-1-of-2.safetensors --prompt "ROMEO:"
+//! sliver-engine bench all --data ../shared/data/tinyshakespeare.txt
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use sliver_engine::checkpoint::{assemble, save_sliver, CheckpointInfo};
+use sliver_engine::codec::WireCodec;
+use sliver_engine::data::{BatchKey, ByteTokenizer, Dataset, Source, Split, Tokenizer};
+use sliver_engine::generate::{generate, SampleConfig};
+use sliver_engine::merge::{
+    average, export_flat, import_flat, pseudo_gradient, DeltaCodec, DeltaEncoder, OuterOptimizer,
+};
+use sliver_engine::optim::{AdamWConfig, LrSchedule};
+use sliver_engine::{device_by_name, Boundary, EngineError, GptConfig, MicroBatch, Pipeline};
+
+#[derive(Parser)]
+#[command(version, about = "Sliver's training engine: local training, generation and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct RunArgs {
+    /// Text file, directory of .txt files, or .jsonl (field "text").
+    #[arg(long)]
+    data: PathBuf,
+    /// Device: flex (CPU), wgpu or cuda when compiled in.
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// Rows per step.
+    #[arg(long, default_value_t = 12)]
+    batch: usize,
+    /// Micro-batches the rows are split into.
+    #[arg(long, default_value_t = 1)]
+    micro_batches: usize,
+    /// Optimiser steps (nanoGPT's max_iters).
+    #[arg(long, default_value_t = 2000)]
+    iters: u64,
+    /// Validation batches for the final loss estimate.
+    #[arg(long, default_value_t = 400)]
+    eval_batches: u64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Training run id (seeds the data sampling).
+    #[arg(long, default_value_t = 0)]
+    run: u64,
+    /// Model seed.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train the nanoGPT shakespeare-char configuration (4 layers, 4 heads, 128 wide, context 64).
+    Train {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Slivers (pipeline stages) in this process.
+        #[arg(long, default_value_t = 1)]
+        slivers: usize,
+        /// Boundary codec: f32, bf16 or int8.
+        #[arg(long, default_value = "f32")]
+        codec: WireCodec,
+        /// Learned bottleneck width at sliver boundaries.
+        #[arg(long)]
+        bottleneck: Option<usize>,
+        /// Directory for the slivers' checkpoints.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Generate text from a whole model assembled from sliver checkpoints.
+    Generate {
+        /// Checkpoint files of every sliver.
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        #[arg(long, default_value_t = 300)]
+        tokens: usize,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Benchmarks: quality, speed, pipeline, codecs, merge or all. Prints tables.
+    Bench {
+        which: String,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Python with torch for the PyTorch side (speed, quality).
+        #[arg(long, env = "SLIVER_TORCH_PYTHON")]
+        python: Option<PathBuf>,
+        /// Threads for both sides (Burn's rayon pool, torch.set_num_threads).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Steps timed in the speed benchmark.
+        #[arg(long, default_value_t = 30)]
+        speed_steps: u64,
+        /// Steps of the codec and merge benchmarks' fixed budget.
+        #[arg(long, default_value_t = 300)]
+        budget: u64,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<(), EngineError> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Train { run, slivers, codec, bottleneck, out } => {
+            let data = load(&run.data)?;
+            let boundary = Boundary { wire: codec, bottleneck };
+            let r = train(&run, &data, slivers, boundary, true)?;
+            println!(
+                "val loss {:.4} ({} batches) after {} iters in {:.1} s, {:.0} tokens/s, {:.1} boundary bytes/token",
+                r.val_loss, run.eval_batches, run.iters, r.train_s, r.tokens_per_s, r.bytes_per_token
+            );
+            if let Some(dir) = out {
+                let mut p = r.pipeline;
+                let cfg = nano_config(run.seed);
+                for st in &mut p.stages {
+                    let info = CheckpointInfo { config: cfg.clone(), spec: st.spec.clone(), bottleneck };
+                    let path = dir.join(format!("sliver-{}-of-{}.safetensors", st.spec.index, st.spec.count));
+                    save_sliver(&mut st.sliver, &info, &path)?;
+                    println!("saved {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        Cmd::Generate { files, prompt, tokens, temperature, top_k, seed } => {
+            let device = device_by_name("flex")?;
+            let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+            let (cfg, model) = assemble(&paths, &device)?;
+            let tok = ByteTokenizer;
+            let ids = tok.encode(&prompt)?;
+            let sc = SampleConfig { max_new_tokens: tokens, temperature, top_k, seed };
+            let out = generate(&model, cfg.block_size, &ids, &sc, &device)?;
+            println!("{prompt}{}", tok.decode(&out));
+            Ok(())
+        }
+        Cmd::Bench { which, run, python, threads, speed_steps, budget } => {
+            let data = load(&run.data)?;
+            let all = which == "all";
+            let mut ran = false;
+            if all || which == "speed" {
+                bench_speed(&run, &data, python.as_deref(), threads, speed_steps)?;
+                ran = true;
+            }
+            if all || which == "pipeline" {
+                bench_pipeline(&run, &data, speed_steps)?;
+                ran = true;
+            }
+            if all || which == "codecs" {
+                bench_codecs(&run, &data, budget)?;
+                ran = true;
+            }
+            if all || which == "merge" {
+                bench_merge(&run, &data, budget)?;
+                ran = true;
+            }
+            if all || which == "quality" {
+                bench_quality(&run, &data, python.as_deref(), threads)?;
+                ran = true;
+            }
+            if !ran {
+                return Err(EngineError::Config(format!(
+                    "unknown benchmark {which:?}: quality, speed, pipeline, codecs, merge or all"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Dataset, EngineError> {
+    Dataset::load(&Source::detect(path), &ByteTokenizer, 0.9)
+}
+
+/// nanoGPT's shakespeare-char model with the byte vocabulary.
+fn nano_config(seed: u64) -> GptConfig {
+    GptConfig::new().with_init_seed(seed)
+}
+
+fn schedule(run: &RunArgs) -> LrSchedule {
+    LrSchedule { max_lr: run.lr, min_lr: run.lr / 10.0, warmup_steps: 100, decay_steps: run.iters }
+}
+
+fn step_batches(run: &RunArgs, data: &Dataset, replica: u64, step: u64) -> Result<Vec<MicroBatch>, EngineError> {
+    let m = run.micro_batches.max(1);
+    if run.batch % m != 0 {
+        return Err(EngineError::Config(format!("batch {} is not divisible into {m} micro-batches", run.batch)));
+    }
+    (0..m as u64)
+        .map(|index| {
+            let key = BatchKey { run: run.run, epoch: 0, replica, step, index };
+            data.micro_batch(Split::Train, key, run.batch / m, 64)
+        })
+        .collect()
+}
+
+fn val_batches(run: &RunArgs, data: &Dataset) -> Result<Vec<MicroBatch>, EngineError> {
+    (0..run.eval_batches)
+        .map(|index| {
+            let key = BatchKey { run: u64::MAX, epoch: 0, replica: 0, step: 0, index };
+            data.micro_batch(Split::Val, key, run.batch, 64)
+        })
+        .collect()
+}
+
+struct TrainResult {
+    val_loss: f32,
+    train_s: f64,
+    tokens_per_s: f64,
+    bytes_per_token: f64,
+    pipeline: Pipeline,
+}
+
+fn train(run: &RunArgs, data: &Dataset, slivers: usize, boundary: Boundary, progress: bool) -> Result<TrainResult, EngineError> {
+    let device = device_by_name(&run.device)?;
+    let mut p = Pipeline::new(&nano_config(run.seed), slivers, boundary, AdamWConfig::default(), &device)?;
+    let sched = schedule(run);
+    let t0 = Instant::now();
+    let (mut tokens, mut bytes) = (0u64, 0u64);
+    for it in 0..run.iters {
+        let stats = p.train_step(&step_batches(run, data, 0, it)?, sched.at(it), 1.0)?;
+        tokens += stats.tokens;
+        bytes += stats.boundary_bytes;
+        if progress && (it % 100 == 0 || it + 1 == run.iters) {
+            let el = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "iter {it:>5}/{}: loss {:.4}, grad norm {:.3}, lr {:.2e}, {:.0} tokens/s, {:.0} s",
+                run.iters,
+                stats.loss,
+                stats.grad_norm,
+                sched.at(it),
+                tokens as f64 / el,
+                el
+            );
+        }
+    }
+    let train_s = t0.elapsed().as_secs_f64();
+    let val_loss = p.eval_loss(&val_batches(run, data)?)?;
+    Ok(TrainResult {
+        val_loss,
+        train_s,
+        tokens_per_s: tokens as f64 / train_s,
+        bytes_per_token: bytes as f64 / tokens.max(1) as f64,
+        pipeline: p,
+    })
+}
+
+fn torch(python: Option<&Path>, args: &[String]) -> Result<serde_json::Value, EngineError> {
+    let Some(py) = python else {
+        return Err(EngineError::Config(
+            "no PyTorch: run scripts/bench-setup.sh or pass --python (SLIVER_TORCH_PYTHON)".into(),
+        ));
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_ref.py");
+    let out = Command::new(py)
+        .arg(&script)
+        .args(args)
+        .output()
+        .map_err(|e| EngineError::Config(format!("cannot run {}: {e}", py.display())))?;
+    if !out.status.success() {
+        return Err(EngineError::Config(format!(
+            "torch_ref.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("");
+    serde_json::from_str(last).map_err(|e| EngineError::Config(format!("torch_ref.py printed {last:?}: {e}")))
+}
+
+fn bench_speed(run: &RunArgs, data: &Dataset, python: Option<&Path>, threads: usize, steps: u64) -> Result<(), EngineError> {
+    println!("\n## Speed: one training step of the nanoGPT configuration ({} x 64 tokens), {threads} threads", run.batch);
+    let device = device_by_name(&run.device)?;
+    let mut p = Pipeline::new(&nano_config(run.seed), 1, Boundary::default(), AdamWConfig::default(), &device)?;
+    for it in 0..5 {
+        p.train_step(&step_batches(run, data, 0, it)?, 1e-3, 1.0)?;
+    }
+    let t0 = Instant::now();
+    for it in 0..steps {
+        p.train_step(&step_batches(run, data, 0, it)?, 1e-3, 1.0)?;
+    }
+    let burn_ms = t0.elapsed().as_secs_f64() * 1000.0 / steps as f64;
+    let tokens = (run.batch * 64) as f64;
+    println!("| implementation | ms/step | tokens/s | time ratio vs PyTorch |");
+    println!("|---|---|---|---|");
+    match torch(python, &["speed".into(), "--data".into(), run.data.display().to_string(), "--threads".into(), threads.to_string(), "--steps".into(), steps.to_string(), "--batch".into(), run.batch.to_string()]) {
+        Ok(v) => {
+            let torch_ms = v["ms_per_step"].as_f64().unwrap_or(f64::NAN);
+            println!("| PyTorch {} (CPU) | {torch_ms:.1} | {:.0} | 1.00 |", torch_version(python), tokens / torch_ms * 1000.0);
+            println!("| Burn flex (sliver-engine) | {burn_ms:.1} | {:.0} | {:.2} |", tokens / burn_ms * 1000.0, burn_ms / torch_ms);
+        }
+        Err(e) => {
+            println!("| Burn flex (sliver-engine) | {burn_ms:.1} | {:.0} | n/a |", tokens / burn_ms * 1000.0);
+            println!("(PyTorch side skipped: {e})");
+        }
+    }
+    Ok(())
+}
+
+fn torch_version(python: Option<&Path>) -> String {
+    python
+        .and_then(|py| Command::new(py).args(["-c", "import torch; print(torch.__version__)"]).output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn bench_pipeline(run: &RunArgs, data: &Dataset, steps: u64) -> Result<(), EngineError> {
+    println!("\n## Pipeline overhead: in-process slivers against the monolithic model ({steps} steps, f32 boundaries, 4 micro-batches)");
+    println!("| slivers | tokens/s | vs monolithic | boundary bytes/token |");
+    println!("|---|---|---|---|");
+    let device = device_by_name(&run.device)?;
+    let mut base = 0.0;
+    let r = RunArgs { micro_batches: 4, ..run.clone() };
+    for s in [1usize, 2, 4] {
+        let mut p = Pipeline::new(&nano_config(run.seed), s, Boundary::default(), AdamWConfig::default(), &device)?;
+        p.train_step(&step_batches(&r, data, 0, 0)?, 1e-3, 1.0)?;
+        let t0 = Instant::now();
+        let (mut tokens, mut bytes) = (0u64, 0u64);
+        for it in 0..steps {
+            let st = p.train_step(&step_batches(&r, data, 0, it)?, 1e-3, 1.0)?;
+            tokens += st.tokens;
+            bytes += st.boundary_bytes;
+        }
+        let tps = tokens as f64 / t0.elapsed().as_secs_f64();
+        if s == 1 {
+            base = tps;
+        }
+        println!("| {s} | {tps:.0} | {:.3} | {:.0} |", tps / base, bytes as f64 / tokens as f64);
+    }
+    Ok(())
+}
+
+fn bench_codecs(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineError> {
+    println!("\n## Boundary codecs: 2 slivers, {budget} steps (schedule compressed to that budget), validation loss on {} batches", run.eval_batches);
+    println!("| codec | bytes/token (both directions) | vs f32 | val loss |");
+    println!("|---|---|---|---|");
+    let r = RunArgs { iters: budget, ..run.clone() };
+    let mut base = 0.0;
+    let cases = [
+        ("f32", Boundary { wire: WireCodec::F32, bottleneck: None }),
+        ("bf16", Boundary { wire: WireCodec::Bf16, bottleneck: None }),
+        ("int8 per row", Boundary { wire: WireCodec::Int8, bottleneck: None }),
+        ("bottleneck 32 + bf16", Boundary { wire: WireCodec::Bf16, bottleneck: Some(32) }),
+        ("bottleneck 8 + bf16", Boundary { wire: WireCodec::Bf16, bottleneck: Some(8) }),
+        ("bottleneck 8 + int8", Boundary { wire: WireCodec::Int8, bottleneck: Some(8) }),
+    ];
+    for (name, b) in cases {
+        let res = train(&r, data, 2, b, false)?;
+        if base == 0.0 {
+            base = res.bytes_per_token;
+        }
+        println!("| {name} | {:.1} | {:.1}x smaller | {:.4} |", res.bytes_per_token, base / res.bytes_per_token, res.val_loss);
+    }
+    let mono = train(&r, data, 1, Boundary::default(), false)?;
+    println!("| (monolithic, no boundary) | 0 | - | {:.4} |", mono.val_loss);
+    Ok(())
+}
+
+fn bench_merge(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineError> {
+    println!("\n## Merging replicas (DiLoCo outer Nesterov, lr 0.7, momentum 0.9): {budget} inner steps each, whole model per replica");
+    println!("| replicas | H | codec | bytes per merge per replica | vs dense f32 | merges | val loss |");
+    println!("|---|---|---|---|---|---|---|");
+    let device = device_by_name(&run.device)?;
+    let r = RunArgs { iters: budget, ..run.clone() };
+    let sched = schedule(&r);
+    let sync = train(&r, data, 1, Boundary::default(), false)?;
+    println!("| 1 (synchronous baseline) | - | - | 0 | - | 0 | {:.4} |", sync.val_loss);
+    for replicas in [2usize, 4] {
+        for h in [1u64, 10, 50] {
+            for (cname, codec) in [("f32", DeltaCodec::Dense), ("int8", DeltaCodec::Int8), ("top-3% + EF", DeltaCodec::TopK { fraction: 0.03 })] {
+                if h == 1 && cname != "f32" {
+                    continue;
+                }
+                let mut reps: Vec<Pipeline> = (0..replicas)
+                    .map(|_| Pipeline::new(&nano_config(run.seed), 1, Boundary::default(), AdamWConfig::default(), &device))
+                    .collect::<Result<_, _>>()?;
+                let mut start = export_flat(&mut reps[0].stages[0].sliver);
+                let dense: u64 = start.values().map(|v| 4 * v.len() as u64).sum();
+                let mut outer = OuterOptimizer::new(if h == 1 { 1.0 } else { 0.7 }, if h == 1 { 0.0 } else { 0.9 });
+                let mut encoders = vec![DeltaEncoder::default(); replicas];
+                let (mut merges, mut bytes) = (0u64, 0u64);
+                for it in 0..budget {
+                    for (k, rep) in reps.iter_mut().enumerate() {
+                        rep.train_step(&step_batches(&r, data, k as u64, it)?, sched.at(it), 1.0)?;
+                    }
+                    if (it + 1) % h == 0 || it + 1 == budget {
+                        let mut deltas = Vec::new();
+                        for (rep, enc) in reps.iter_mut().zip(&mut encoders) {
+                            let cur = export_flat(&mut rep.stages[0].sliver);
+                            let e = enc.encode(&pseudo_gradient(&start, &cur), codec);
+                            bytes += e.bytes;
+                            deltas.push(e.values);
+                        }
+                        outer.step(&mut start, &average(&deltas));
+                        for rep in &mut reps {
+                            import_flat(&mut rep.stages[0].sliver, &start)?;
+                        }
+                        merges += 1;
+                    }
+                }
+                let val = reps[0].eval_loss(&val_batches(&r, data)?)?;
+                let per = bytes as f64 / (merges * replicas as u64) as f64;
+                println!("| {replicas} | {h} | {cname} | {per:.0} | {:.1}x smaller | {merges} | {val:.4} |", dense as f64 / per);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bench_quality(run: &RunArgs, data: &Dataset, python: Option<&Path>, threads: usize) -> Result<(), EngineError> {
+    println!("\n## Quality: nanoGPT shakespeare-char CPU configuration, {} iterations, val loss over {} batches", run.iters, run.eval_batches);
+    println!("| run | val loss | train wall time s | tokens/s |");
+    println!("|---|---|---|---|");
+    for s in [1usize, 2] {
+        let r = train(run, data, s, Boundary::default(), true)?;
+        let name = if s == 1 { "Burn, monolithic".to_string() } else { format!("Burn, {s} slivers (f32 boundary)") };
+        println!("| {name} | {:.4} | {:.1} | {:.0} |", r.val_loss, r.train_s, r.tokens_per_s);
+    }
+    match torch(python, &["quality".into(), "--data".into(), run.data.display().to_string(), "--threads".into(), threads.to_string(), "--iters".into(), run.iters.to_string(), "--eval-batches".into(), run.eval_batches.to_string()]) {
+        Ok(v) => println!(
+            "| PyTorch {} | {:.4} | {:.1} | {:.0} |",
+            torch_version(python),
+            v["val_loss"].as_f64().unwrap_or(f64::NAN),
+            v["train_s"].as_f64().unwrap_or(f64::NAN),
+            v["tokens_per_s"].as_f64().unwrap_or(f64::NAN)
+        ),
+        Err(e) => println!("(PyTorch side skipped: {e})"),
+    }
+    Ok(())
+}
