@@ -16,6 +16,10 @@ sliver_build_node
 step "tests of the main workspace (pallets, runtime natively, off-chain crates, end-to-end)"
 SKIP_WASM_BUILD=1 cargo test --workspace --locked 2>&1
 
+step "engine with its optional features: BPE tokenizer tests, wgpu backend build"
+cargo test --locked -p sliver-engine --features bpe --lib 2>&1
+cargo check --locked -p sliver-engine --features wgpu 2>&1
+
 step "pallet benchmarks as tests (runtime-benchmarks) and try-runtime invariants"
 SKIP_WASM_BUILD=1 cargo test --locked -p pallet-sliver-registry -p pallet-sliver-clock \
   -p pallet-sliver-rewards --features runtime-benchmarks 2>&1

@@ -33,7 +33,11 @@ pub struct CheckpointInfo {
 }
 
 /// Writes a sliver's parameters to `path`.
-pub fn save_sliver(sliver: &mut Sliver, info: &CheckpointInfo, path: &Path) -> Result<(), EngineError> {
+pub fn save_sliver(
+    sliver: &mut Sliver,
+    info: &CheckpointInfo,
+    path: &Path,
+) -> Result<(), EngineError> {
     let flat = export_flat(sliver);
     let bytes = to_bytes(&flat, sliver, info)?;
     if let Some(dir) = path.parent() {
@@ -48,18 +52,22 @@ fn io_err(p: &Path, e: std::io::Error) -> EngineError {
     EngineError::Checkpoint(format!("{}: {e}", p.display()))
 }
 
-fn to_bytes(flat: &Flat, sliver: &mut Sliver, info: &CheckpointInfo) -> Result<Vec<u8>, EngineError> {
+fn to_bytes(
+    flat: &Flat,
+    sliver: &mut Sliver,
+    info: &CheckpointInfo,
+) -> Result<Vec<u8>, EngineError> {
     let shapes: HashMap<String, Vec<usize>> =
         sliver.params_mut().into_iter().map(|(n, p)| (n, p.shape())).collect();
     let raw: Vec<(String, Vec<u8>, Vec<usize>)> = flat
         .iter()
-        .map(|(n, v)| (n.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), shapes[n].clone()))
+        .map(|(n, v)| {
+            (n.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), shapes[n].clone())
+        })
         .collect();
     let views = raw
         .iter()
-        .map(|(n, b, s)| {
-            TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v))
-        })
+        .map(|(n, b, s)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
     let mut meta = HashMap::new();
@@ -67,7 +75,10 @@ fn to_bytes(flat: &Flat, sliver: &mut Sliver, info: &CheckpointInfo) -> Result<V
     meta.insert("config".to_string(), serde_json::to_string(&info.config).unwrap_or_default());
     meta.insert("sliver_index".to_string(), info.spec.index.to_string());
     meta.insert("sliver_count".to_string(), info.spec.count.to_string());
-    meta.insert("layers".to_string(), format!("{}..{}", info.spec.layers.start, info.spec.layers.end));
+    meta.insert(
+        "layers".to_string(),
+        format!("{}..{}", info.spec.layers.start, info.spec.layers.end),
+    );
     if let Some(k) = info.bottleneck {
         meta.insert("bottleneck".to_string(), k.to_string());
     }
@@ -78,7 +89,10 @@ fn to_bytes(flat: &Flat, sliver: &mut Sliver, info: &CheckpointInfo) -> Result<V
 pub fn read(path: &Path) -> Result<(CheckpointInfo, Flat), EngineError> {
     let len = fs::metadata(path).map_err(|e| io_err(path, e))?.len();
     if len > MAX_CHECKPOINT_BYTES {
-        return Err(EngineError::Checkpoint(format!("{} is over {MAX_CHECKPOINT_BYTES} bytes", path.display())));
+        return Err(EngineError::Checkpoint(format!(
+            "{} is over {MAX_CHECKPOINT_BYTES} bytes",
+            path.display()
+        )));
     }
     let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
     parse(&bytes).map_err(|e| EngineError::Checkpoint(format!("{}: {e}", path.display())))
@@ -87,28 +101,41 @@ pub fn read(path: &Path) -> Result<(CheckpointInfo, Flat), EngineError> {
 /// Parses checkpoint bytes (untrusted: every field is checked).
 pub fn parse(bytes: &[u8]) -> Result<(CheckpointInfo, Flat), EngineError> {
     let bad = |m: String| EngineError::Checkpoint(m);
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some("sliver-gpt") {
         return Err(bad("not a Sliver checkpoint (metadata format != sliver-gpt)".into()));
     }
-    let config: GptConfig = serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
-        .map_err(|e| bad(format!("bad config metadata: {e}")))?;
+    let config: GptConfig =
+        serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("bad config metadata: {e}")))?;
     config.validate()?;
     let num = |k: &str| -> Result<usize, EngineError> {
-        meta.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| bad(format!("missing or bad metadata {k}")))
+        meta.get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(format!("missing or bad metadata {k}")))
     };
     let (index, count) = (num("sliver_index")?, num("sliver_count")?);
     let specs = SliverSpec::split(config.n_layer, count)?;
-    let spec = specs.get(index).cloned().ok_or_else(|| bad(format!("sliver {index} of {count}")))?;
-    let bottleneck = meta.get("bottleneck").map(|v| v.parse::<usize>()).transpose().map_err(|e| bad(e.to_string()))?;
+    let spec =
+        specs.get(index).cloned().ok_or_else(|| bad(format!("sliver {index} of {count}")))?;
+    let bottleneck = meta
+        .get("bottleneck")
+        .map(|v| v.parse::<usize>())
+        .transpose()
+        .map_err(|e| bad(e.to_string()))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
     let mut flat = Flat::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
             return Err(bad(format!("{name} is {:?}, expected F32", view.dtype())));
         }
-        let v: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         flat.insert(name, v);
     }
     Ok((CheckpointInfo { config, spec, bottleneck }, flat))
@@ -136,7 +163,10 @@ pub fn assemble(paths: &[&Path], device: &Device) -> Result<(GptConfig, Sliver),
         }
         match &config {
             Some(c) if *c != info.config => {
-                return Err(EngineError::Checkpoint(format!("{} belongs to another model", p.display())))
+                return Err(EngineError::Checkpoint(format!(
+                    "{} belongs to another model",
+                    p.display()
+                )))
             }
             _ => config = Some(info.config.clone()),
         }
@@ -145,7 +175,8 @@ pub fn assemble(paths: &[&Path], device: &Device) -> Result<(GptConfig, Sliver),
         }
         seen.push(info.spec.index);
         for (k, v) in flat {
-            if k == "lm_head.weight" && info.config.tie_embeddings && all.contains_key("wte.weight") {
+            if k == "lm_head.weight" && info.config.tie_embeddings && all.contains_key("wte.weight")
+            {
                 continue;
             }
             all.insert(k, v);

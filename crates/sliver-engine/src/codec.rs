@@ -172,7 +172,9 @@ pub fn encode(codec: WireCodec, shape: &[usize], values: &[f32]) -> Vec<u8> {
                 let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 0.0 };
                 out[scales_at + 4 * r..scales_at + 4 * r + 4].copy_from_slice(&scale.to_le_bytes());
                 let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                out.extend(chunk.iter().map(|v| ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8));
+                out.extend(
+                    chunk.iter().map(|v| ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8),
+                );
             }
         }
     }
@@ -281,7 +283,10 @@ mod tests {
             let d = decode(&encode(codec, &[4, 64], &v), 1 << 20).unwrap();
             let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
             for (a, b) in v.iter().zip(&d.values) {
-                assert!((a - b).abs() <= rel * max * 0.51 + 1e-6 || (a - b).abs() <= a.abs() * rel, "{codec}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= rel * max * 0.51 + 1e-6 || (a - b).abs() <= a.abs() * rel,
+                    "{codec}: {a} vs {b}"
+                );
             }
         }
     }
@@ -299,7 +304,10 @@ mod tests {
         for _ in 0..4 {
             huge.extend_from_slice(&u32::MAX.to_le_bytes());
         }
-        assert!(matches!(decode(&huge, usize::MAX), Err(CodecError::TooLarge { .. }) | Err(CodecError::Length { .. })));
+        assert!(matches!(
+            decode(&huge, usize::MAX),
+            Err(CodecError::TooLarge { .. }) | Err(CodecError::Length { .. })
+        ));
         let nan = encode(WireCodec::F32, &[1, 1, 1], &[f32::NAN]);
         assert_eq!(decode(&nan, 100), Err(CodecError::NonFinite(0)));
         let mut bad_scale = encode(WireCodec::Int8, &[1, 1, 2], &[1.0, -1.0]);

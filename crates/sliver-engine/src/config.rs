@@ -47,7 +47,10 @@ impl GptConfig {
         if self.n_layer == 0 || self.n_layer > 1024 {
             return bad(format!("n_layer {} is outside 1..=1024", self.n_layer));
         }
-        if self.d_model == 0 || self.d_model > MAX_DIM || self.block_size == 0 || self.block_size > MAX_DIM
+        if self.d_model == 0
+            || self.d_model > MAX_DIM
+            || self.block_size == 0
+            || self.block_size > MAX_DIM
         {
             return bad(format!(
                 "d_model {} and block_size {} must be in 1..={MAX_DIM}",
@@ -64,7 +67,13 @@ impl GptConfig {
     pub fn num_params(&self) -> usize {
         let d = self.d_model;
         let b = usize::from(self.bias);
-        let block = 2 * d * (1 + b) + d * 3 * d + 3 * d * b + d * d + d * b + d * 4 * d + 4 * d * b
+        let block = 2 * d * (1 + b)
+            + d * 3 * d
+            + 3 * d * b
+            + d * d
+            + d * b
+            + d * 4 * d
+            + 4 * d * b
             + 4 * d * d
             + d * b;
         let head = if self.tie_embeddings { 0 } else { self.vocab_size * d };

@@ -43,6 +43,7 @@ impl Tokenizer for ByteTokenizer {
 
 /// BPE (or any) tokenizer from a Hugging Face `tokenizer.json` (feature `bpe`).
 #[cfg(feature = "bpe")]
+#[derive(Debug)]
 pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
 }
@@ -51,8 +52,9 @@ pub struct HfTokenizer {
 impl HfTokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self, EngineError> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| EngineError::Data(format!("cannot load tokenizer {}: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            EngineError::Data(format!("cannot load tokenizer {}: {e}", path.display()))
+        })?;
         Ok(HfTokenizer { inner })
     }
 }
@@ -63,7 +65,10 @@ impl Tokenizer for HfTokenizer {
         self.inner.get_vocab_size(true)
     }
     fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let enc = self.inner.encode(text, false).map_err(|e| EngineError::Data(format!("tokenizer: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::Data(format!("tokenizer: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
     fn decode(&self, ids: &[u32]) -> String {
@@ -103,7 +108,10 @@ impl Source {
                 collect_txt(dir, &mut files)?;
                 files.sort();
                 if files.is_empty() {
-                    return Err(EngineError::Data(format!("no .txt files under {}", dir.display())));
+                    return Err(EngineError::Data(format!(
+                        "no .txt files under {}",
+                        dir.display()
+                    )));
                 }
                 let mut out = String::new();
                 for f in files {
@@ -151,14 +159,18 @@ fn check_size(len: u64, p: &Path) -> Result<(), EngineError> {
 }
 
 fn read_text(p: &Path) -> Result<String, EngineError> {
-    let meta = fs::metadata(p).map_err(|e| EngineError::Data(format!("cannot read {}: {e}", p.display())))?;
+    let meta = fs::metadata(p)
+        .map_err(|e| EngineError::Data(format!("cannot read {}: {e}", p.display())))?;
     check_size(meta.len(), p)?;
-    let bytes = fs::read(p).map_err(|e| EngineError::Data(format!("cannot read {}: {e}", p.display())))?;
-    String::from_utf8(bytes).map_err(|e| EngineError::Data(format!("{} is not UTF-8: {e}", p.display())))
+    let bytes =
+        fs::read(p).map_err(|e| EngineError::Data(format!("cannot read {}: {e}", p.display())))?;
+    String::from_utf8(bytes)
+        .map_err(|e| EngineError::Data(format!("{} is not UTF-8: {e}", p.display())))
 }
 
 fn collect_txt(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), EngineError> {
-    let entries = fs::read_dir(dir).map_err(|e| EngineError::Data(format!("cannot list {}: {e}", dir.display())))?;
+    let entries = fs::read_dir(dir)
+        .map_err(|e| EngineError::Data(format!("cannot list {}: {e}", dir.display())))?;
     for entry in entries {
         let path = entry.map_err(|e| EngineError::Data(e.to_string()))?.path();
         if path.is_dir() {
@@ -206,9 +218,15 @@ pub struct BatchKey {
 impl Dataset {
     /// Tokenizes `text` and splits it: the first `train_fraction` for training, the rest for
     /// validation (nanoGPT uses 0.9).
-    pub fn from_text(text: &str, tok: &dyn Tokenizer, train_fraction: f64) -> Result<Self, EngineError> {
+    pub fn from_text(
+        text: &str,
+        tok: &dyn Tokenizer,
+        train_fraction: f64,
+    ) -> Result<Self, EngineError> {
         if !(0.0..1.0).contains(&train_fraction) || train_fraction == 0.0 {
-            return Err(EngineError::Data(format!("train fraction {train_fraction} is outside (0, 1)")));
+            return Err(EngineError::Data(format!(
+                "train fraction {train_fraction} is outside (0, 1)"
+            )));
         }
         let ids = tok.encode(text)?;
         let cut = (ids.len() as f64 * train_fraction) as usize;
@@ -217,7 +235,11 @@ impl Dataset {
     }
 
     /// Reads and tokenizes a source.
-    pub fn load(source: &Source, tok: &dyn Tokenizer, train_fraction: f64) -> Result<Self, EngineError> {
+    pub fn load(
+        source: &Source,
+        tok: &dyn Tokenizer,
+        train_fraction: f64,
+    ) -> Result<Self, EngineError> {
         Self::from_text(&source.read()?, tok, train_fraction)
     }
 
@@ -294,6 +316,29 @@ mod tests {
     }
 
     const PINNED_FIRST_TOKENS: [i64; 4] = [113, 120, 101, 108];
+
+    #[cfg(feature = "bpe")]
+    #[test]
+    fn bpe_from_a_tokenizer_json() {
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
+            "decoder":null,"model":{"type":"BPE","dropout":null,"unk_token":"[UNK]",
+            "continuing_subword_prefix":null,"end_of_word_suffix":null,"fuse_unk":false,
+            "byte_fallback":false,"vocab":{"[UNK]":0,"a":1,"b":2,"ab":3,"c":4},"merges":["a b"]}}"#;
+        let path = std::env::temp_dir().join(format!("sliver-bpe-{}.json", std::process::id()));
+        fs::write(&path, json).unwrap();
+        let tok = HfTokenizer::from_file(&path).unwrap();
+        assert_eq!(tok.vocab_size(), 5);
+        assert_eq!(tok.encode("ab c abab").unwrap(), vec![3, 4, 3, 3]);
+        let d = Dataset::from_text(&"ab c ".repeat(100), &tok, 0.9).unwrap();
+        assert!(d.train.iter().all(|&t| t == 3 || t == 4));
+        fs::write(&path, "{").unwrap();
+        assert!(HfTokenizer::from_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot load tokenizer"));
+        fs::remove_file(path).unwrap();
+    }
 
     #[test]
     fn readers_and_their_errors() {

@@ -49,7 +49,8 @@ pub fn generate(
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
         let logits = model.forward(SliverInput::Tokens(tokens))?;
         let v = logits.dims()[2];
-        let last: Vec<f32> = logits.narrow(1, t - 1, 1).reshape([v]).try_to_vec_as::<f32>().unwrap_or_default();
+        let last: Vec<f32> =
+            logits.narrow(1, t - 1, 1).reshape([v]).try_to_vec_as::<f32>().unwrap_or_default();
         let next = sample(&last, cfg.temperature, cfg.top_k, &mut rng) as u32;
         ctx.push(next);
         out.push(next);
@@ -62,7 +63,8 @@ pub fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut SplitMix
     if logits.is_empty() {
         return 0;
     }
-    let argmax = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+    let argmax =
+        logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
     if temperature <= 0.0 {
         return argmax;
     }
@@ -72,7 +74,8 @@ pub fn sample(logits: &[f32], temperature: f32, top_k: usize, rng: &mut SplitMix
         idx.truncate(top_k);
     }
     let max = logits[idx[0]];
-    let weights: Vec<f64> = idx.iter().map(|&i| f64::from((logits[i] - max) / temperature).exp()).collect();
+    let weights: Vec<f64> =
+        idx.iter().map(|&i| f64::from((logits[i] - max) / temperature).exp()).collect();
     let total: f64 = weights.iter().sum();
     let mut u = rng.next_f64() * total;
     for (w, &i) in weights.iter().zip(&idx) {

@@ -36,7 +36,10 @@ pub fn import_flat(sliver: &mut Sliver, flat: &Flat) -> Result<(), EngineError> 
         match flat.get(name) {
             None => return Err(EngineError::Checkpoint(format!("missing parameter {name}"))),
             Some(v) if v.len() != want => {
-                return Err(EngineError::Checkpoint(format!("{name} has {} values, expected {want}", v.len())))
+                return Err(EngineError::Checkpoint(format!(
+                    "{name} has {} values, expected {want}",
+                    v.len()
+                )))
             }
             Some(v) if v.iter().any(|x| !x.is_finite()) => {
                 return Err(EngineError::Checkpoint(format!("{name} holds a non-finite value")))
@@ -100,7 +103,8 @@ impl DeltaEncoder {
                     for (ri, di) in r.iter_mut().zip(d) {
                         *ri += di;
                     }
-                    let k = ((d.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize).clamp(1, d.len().max(1));
+                    let k = ((d.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize)
+                        .clamp(1, d.len().max(1));
                     let mut idx: Vec<usize> = (0..r.len()).collect();
                     if k < idx.len() {
                         idx.select_nth_unstable_by(k, |&a, &b| r[b].abs().total_cmp(&r[a].abs()));

@@ -130,9 +130,22 @@ pub struct Dense {
 }
 
 impl Dense {
-    fn new(d_in: usize, d_out: usize, std: f64, cfg: &GptConfig, name: &str, device: &Device) -> Self {
+    fn new(
+        d_in: usize,
+        d_out: usize,
+        std: f64,
+        cfg: &GptConfig,
+        name: &str,
+        device: &Device,
+    ) -> Self {
         Dense {
-            weight: normal_param([d_in, d_out], std, cfg.init_seed, &format!("{name}.weight"), device),
+            weight: normal_param(
+                [d_in, d_out],
+                std,
+                cfg.init_seed,
+                &format!("{name}.weight"),
+                device,
+            ),
             bias: cfg.bias.then(|| const_param(d_out, 0.0, device)),
         }
     }
@@ -169,7 +182,10 @@ pub struct Norm {
 
 impl Norm {
     fn new(d: usize, cfg: &GptConfig, device: &Device) -> Self {
-        Norm { weight: const_param(d, 1.0, device), bias: cfg.bias.then(|| const_param(d, 0.0, device)) }
+        Norm {
+            weight: const_param(d, 1.0, device),
+            bias: cfg.bias.then(|| const_param(d, 0.0, device)),
+        }
     }
 
     /// Normalises `[batch, seq, d]`.
@@ -203,9 +219,8 @@ impl Attention {
         let h = self.n_head;
         let hd = d / h;
         let qkv = self.c_attn.forward(x);
-        let heads = |i: usize| {
-            qkv.clone().narrow(2, i * d, d).reshape([b, t, h, hd]).swap_dims(1, 2)
-        };
+        let heads =
+            |i: usize| qkv.clone().narrow(2, i * d, d).reshape([b, t, h, hd]).swap_dims(1, 2);
         let (q, k, v) = (heads(0), heads(1), heads(2));
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
         let y = attention(q, k, v, None, None, options);
@@ -323,11 +338,17 @@ impl Sliver {
     ) -> Result<Self, EngineError> {
         cfg.validate()?;
         if spec.count == 0 || spec.index >= spec.count || spec.layers.end > cfg.n_layer {
-            return Err(EngineError::Config(format!("sliver {spec:?} does not fit {} blocks", cfg.n_layer)));
+            return Err(EngineError::Config(format!(
+                "sliver {spec:?} does not fit {} blocks",
+                cfg.n_layer
+            )));
         }
         if let Some(k) = bottleneck {
             if k == 0 || k > cfg.d_model {
-                return Err(EngineError::Config(format!("bottleneck width {k} must be in 1..={}", cfg.d_model)));
+                return Err(EngineError::Config(format!(
+                    "bottleneck width {k} must be in 1..={}",
+                    cfg.d_model
+                )));
             }
         }
         let d = cfg.d_model;
@@ -338,8 +359,10 @@ impl Sliver {
             proj: Dense::new(d_in, d_out, (1.0 / d_in as f64).sqrt(), cfg, &name, device),
         };
         Ok(Sliver {
-            wte: first.then(|| normal_param([cfg.vocab_size, d], INIT_STD, seed, "wte.weight", device)),
-            wpe: first.then(|| normal_param([cfg.block_size, d], INIT_STD, seed, "wpe.weight", device)),
+            wte: first
+                .then(|| normal_param([cfg.vocab_size, d], INIT_STD, seed, "wte.weight", device)),
+            wpe: first
+                .then(|| normal_param([cfg.block_size, d], INIT_STD, seed, "wpe.weight", device)),
             bottleneck_in: match (first, bottleneck) {
                 (false, Some(k)) => Some(bn(k, d, format!("bottleneck.{}.up", spec.index))),
                 _ => None,
@@ -367,7 +390,9 @@ impl Sliver {
                 let [_, t] = tokens.dims();
                 let max = wpe.val().dims()[0];
                 if t == 0 || t > max {
-                    return Err(EngineError::Shape(format!("sequence length {t} is outside 1..={max}")));
+                    return Err(EngineError::Shape(format!(
+                        "sequence length {t} is outside 1..={max}"
+                    )));
                 }
                 let tok = embedding(wte.val(), tokens);
                 let pos = wpe.val().narrow(0, 0, t).unsqueeze::<3>();
@@ -384,9 +409,13 @@ impl Sliver {
                 return Err(EngineError::Shape("only the first sliver takes token ids".into()))
             }
             (SliverInput::Hidden(_), Some(_), _) => {
-                return Err(EngineError::Shape("the first sliver takes token ids, not activations".into()))
+                return Err(EngineError::Shape(
+                    "the first sliver takes token ids, not activations".into(),
+                ))
             }
-            (_, Some(_), None) => return Err(EngineError::Shape("first sliver without wpe".into())),
+            (_, Some(_), None) => {
+                return Err(EngineError::Shape("first sliver without wpe".into()))
+            }
         };
         for block in &self.h {
             x = block.forward(x);

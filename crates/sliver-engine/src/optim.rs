@@ -82,7 +82,11 @@ impl AdamW {
         self.moments
             .iter()
             .map(|(k, (m, v))| {
-                (k.clone(), m.try_to_vec_as::<f32>().unwrap_or_default(), v.try_to_vec_as::<f32>().unwrap_or_default())
+                (
+                    k.clone(),
+                    m.try_to_vec_as::<f32>().unwrap_or_default(),
+                    v.try_to_vec_as::<f32>().unwrap_or_default(),
+                )
             })
             .collect()
     }

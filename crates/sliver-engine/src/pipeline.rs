@@ -89,7 +89,12 @@ impl SliverTrainer {
     }
 
     /// Token ids `[batch, seq]` as a tensor, checking range and shape.
-    pub fn tokens(&self, ids: &[i64], batch: usize, seq: usize) -> Result<Tensor<2, Int>, EngineError> {
+    pub fn tokens(
+        &self,
+        ids: &[i64],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Tensor<2, Int>, EngineError> {
         tokens_tensor(ids, batch, seq, self.model.vocab_size, &self.device)
     }
 
@@ -123,7 +128,10 @@ impl SliverTrainer {
         let logits = self.sliver.forward(input)?;
         let [b, t, _] = logits.dims();
         if targets.dims() != [b, t] {
-            return Err(EngineError::Shape(format!("targets {:?} for logits {b}x{t}", targets.dims())));
+            return Err(EngineError::Shape(format!(
+                "targets {:?} for logits {b}x{t}",
+                targets.dims()
+            )));
         }
         let loss = cross_entropy(logits, targets);
         let value: f32 = loss.clone().inner().into_scalar();
@@ -138,7 +146,11 @@ impl SliverTrainer {
 
     /// Backward of micro-batch `mb` given dL/d(output); returns dL/d(input) for the previous
     /// sliver (none on the first sliver).
-    pub fn backward(&mut self, mb: u64, grad_output: Tensor<3>) -> Result<Option<Tensor<3>>, EngineError> {
+    pub fn backward(
+        &mut self,
+        mb: u64,
+        grad_output: Tensor<3>,
+    ) -> Result<Option<Tensor<3>>, EngineError> {
         let Some(stash) = self.stash.remove(&mb) else {
             return Err(EngineError::Schedule(format!("no forward pending for micro-batch {mb}")));
         };
@@ -208,7 +220,10 @@ impl SliverTrainer {
         if !self.tied {
             return Vec::new();
         }
-        ["wte.weight", "lm_head.weight"].iter().filter_map(|n| self.grads.get(*n).cloned()).collect()
+        ["wte.weight", "lm_head.weight"]
+            .iter()
+            .filter_map(|n| self.grads.get(*n).cloned())
+            .collect()
     }
 
     /// Sets both local copies of the tied embedding's gradient to `sum`.
@@ -259,10 +274,15 @@ pub fn tokens_tensor(
     device: &Device,
 ) -> Result<Tensor<2, Int>, EngineError> {
     if ids.len() != batch * seq {
-        return Err(EngineError::Shape(format!("{} token ids for a {batch}x{seq} batch", ids.len())));
+        return Err(EngineError::Shape(format!(
+            "{} token ids for a {batch}x{seq} batch",
+            ids.len()
+        )));
     }
     if let Some(bad) = ids.iter().find(|&&t| t < 0 || t as usize >= vocab) {
-        return Err(EngineError::Shape(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        return Err(EngineError::Shape(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
     }
     Ok(Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [batch, seq]), device))
 }
@@ -397,7 +417,11 @@ impl Pipeline {
     }
 
     /// Forward through every stage but the last; returns the last stage's input.
-    fn forward_to_last(&mut self, id: u64, mb: &MicroBatch) -> Result<(Option<Tensor<3>>, u64), EngineError> {
+    fn forward_to_last(
+        &mut self,
+        id: u64,
+        mb: &MicroBatch,
+    ) -> Result<(Option<Tensor<3>>, u64), EngineError> {
         let n = self.stages.len();
         if n == 1 {
             return Ok((None, 0));
@@ -438,7 +462,10 @@ impl Pipeline {
         let mut bytes = 0u64;
         for k in (0..n - 1).rev() {
             let Some(grad) = g else {
-                return Err(EngineError::Schedule(format!("sliver {} returned no input gradient", k + 1)));
+                return Err(EngineError::Schedule(format!(
+                    "sliver {} returned no input gradient",
+                    k + 1
+                )));
             };
             let frame = encode_tensor(wire, &grad);
             bytes += frame.len() as u64;
@@ -472,7 +499,8 @@ impl Pipeline {
 
     /// Mean loss over `batches` without gradients (the evaluation path, codec included).
     pub fn eval_loss(&self, batches: &[MicroBatch]) -> Result<f32, EngineError> {
-        let models: Vec<Sliver> = self.stages.iter().map(|s| burn::module::Module::valid(&s.sliver)).collect();
+        let models: Vec<Sliver> =
+            self.stages.iter().map(|s| burn::module::Module::valid(&s.sliver)).collect();
         let device = self.stages[0].device().clone().without_autodiff();
         let vocab = self.stages[0].model.vocab_size;
         let mut sum = 0f64;

@@ -17,7 +17,9 @@ pub fn mix64(mut z: u64) -> u64 {
 
 /// Hashes a sequence of integers into one seed, order-sensitively.
 pub fn hash_seq(parts: &[u64]) -> u64 {
-    parts.iter().fold(0x5eed_5117_e5u64, |acc, &p| mix64(acc ^ mix64(p.wrapping_add(0x9e37_79b9_7f4a_7c15))))
+    parts.iter().fold(0x5eed_5117_e5u64, |acc, &p| {
+        mix64(acc ^ mix64(p.wrapping_add(0x9e37_79b9_7f4a_7c15)))
+    })
 }
 
 impl SplitMix64 {
@@ -69,8 +71,14 @@ mod tests {
         // micro-batch, breaking validators' replay against older miners.
         let mut r = SplitMix64::new(0);
         assert_eq!(r.next_u64(), 0xe220_a839_7b1d_cdaf);
-        assert_ne!(SplitMix64::for_name(1, "a").next_u64(), SplitMix64::for_name(1, "b").next_u64());
-        assert_eq!(SplitMix64::for_name(7, "wte.weight").next_u64(), SplitMix64::for_name(7, "wte.weight").next_u64());
+        assert_ne!(
+            SplitMix64::for_name(1, "a").next_u64(),
+            SplitMix64::for_name(1, "b").next_u64()
+        );
+        assert_eq!(
+            SplitMix64::for_name(7, "wte.weight").next_u64(),
+            SplitMix64::for_name(7, "wte.weight").next_u64()
+        );
     }
 
     #[test]

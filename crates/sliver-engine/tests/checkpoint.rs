@@ -21,7 +21,14 @@ fn corpus() -> Dataset {
 
 fn trained(slivers: usize) -> Pipeline {
     let d = corpus();
-    let mut p = Pipeline::new(&cfg(), slivers, Boundary::default(), AdamWConfig::default(), &default_device()).unwrap();
+    let mut p = Pipeline::new(
+        &cfg(),
+        slivers,
+        Boundary::default(),
+        AdamWConfig::default(),
+        &default_device(),
+    )
+    .unwrap();
     for step in 0..150 {
         let key = BatchKey { run: 0, epoch: 0, replica: 0, step, index: 0 };
         p.train_step(&[d.micro_batch(Split::Train, key, 4, 16).unwrap()], 3e-3, 1.0).unwrap();
@@ -62,9 +69,19 @@ fn slivers_assemble_into_the_whole_model() {
     // The assembled model scores the validation text exactly as the pipeline does.
     let d = corpus();
     let val: Vec<_> = (0..4)
-        .map(|index| d.micro_batch(Split::Val, BatchKey { run: 9, epoch: 0, replica: 0, step: 0, index }, 4, 16).unwrap())
+        .map(|index| {
+            d.micro_batch(
+                Split::Val,
+                BatchKey { run: 9, epoch: 0, replica: 0, step: 0, index },
+                4,
+                16,
+            )
+            .unwrap()
+        })
         .collect();
-    let mut mono = Pipeline::new(&cfg(), 1, Boundary::default(), AdamWConfig::default(), &default_device()).unwrap();
+    let mut mono =
+        Pipeline::new(&cfg(), 1, Boundary::default(), AdamWConfig::default(), &default_device())
+            .unwrap();
     sliver_engine::merge::import_flat(&mut mono.stages[0].sliver, &assembled).unwrap();
     assert_eq!(mono.eval_loss(&val).unwrap().to_bits(), pipe.eval_loss(&val).unwrap().to_bits());
 
@@ -75,7 +92,11 @@ fn slivers_assemble_into_the_whole_model() {
     assert_eq!(out.len(), 40);
     assert_eq!(out, generate(&whole, 16, &prompt, &sc, &default_device()).unwrap());
     let alphabet = "to be or not to be, that is the question\n";
-    assert!(out.iter().all(|&t| alphabet.as_bytes().contains(&(t as u8))), "{:?}", String::from_utf8_lossy(&out.iter().map(|&t| t as u8).collect::<Vec<_>>()));
+    assert!(
+        out.iter().all(|&t| alphabet.as_bytes().contains(&(t as u8))),
+        "{:?}",
+        String::from_utf8_lossy(&out.iter().map(|&t| t as u8).collect::<Vec<_>>())
+    );
 
     // Missing a sliver, or giving one twice, is refused.
     let err = assemble(&refs[..1], &default_device()).unwrap_err().to_string();
@@ -91,7 +112,8 @@ fn hostile_checkpoints_are_refused() {
     assert!(parse(&[255u8; 64]).unwrap_err().to_string().contains("not safetensors"));
     let dir = tempdir("hostile");
     let mut pipe = trained(1);
-    let info = CheckpointInfo { config: cfg(), spec: pipe.stages[0].spec.clone(), bottleneck: None };
+    let info =
+        CheckpointInfo { config: cfg(), spec: pipe.stages[0].spec.clone(), bottleneck: None };
     let path = dir.join("whole.safetensors");
     save_sliver(&mut pipe.stages[0].sliver, &info, &path).unwrap();
     let good = std::fs::read(&path).unwrap();
@@ -101,12 +123,16 @@ fn hostile_checkpoints_are_refused() {
     }
     // A config that claims another shape makes the tensors mismatch.
     let needle = b"\\\"d_model\\\":32";
-    let at = good.windows(needle.len()).position(|w| w == needle).expect("the config is in the metadata");
+    let at = good
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the config is in the metadata");
     let mut forged = good.clone();
     forged[at + needle.len() - 2..at + needle.len()].copy_from_slice(b"16");
     let (info, flat) = parse(&forged).unwrap();
     assert_eq!(info.config.d_model, 16);
-    let mut s = sliver_engine::Sliver::new(&info.config, &info.spec, None, &default_device()).unwrap();
+    let mut s =
+        sliver_engine::Sliver::new(&info.config, &info.spec, None, &default_device()).unwrap();
     let err = sliver_engine::merge::import_flat(&mut s, &flat).unwrap_err().to_string();
     assert!(err.contains("expected"), "{err}");
     assert!(load_sliver(&dir.join("absent.safetensors"), &default_device()).is_err());

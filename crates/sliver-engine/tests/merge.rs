@@ -2,7 +2,10 @@
 //! with identical weights and learn; compression reduces what they exchange.
 
 use sliver_engine::data::{BatchKey, ByteTokenizer, Dataset, Split};
-use sliver_engine::merge::{average, export_flat, import_flat, pseudo_gradient, DeltaCodec, DeltaEncoder, Flat, OuterOptimizer};
+use sliver_engine::merge::{
+    average, export_flat, import_flat, pseudo_gradient, DeltaCodec, DeltaEncoder, Flat,
+    OuterOptimizer,
+};
 use sliver_engine::optim::AdamWConfig;
 use sliver_engine::{default_device, Boundary, GptConfig, Pipeline};
 
@@ -11,7 +14,10 @@ fn run(codec: DeltaCodec, h: u64) -> (f32, f32, u64, Vec<Flat>) {
     let text = "the quick brown fox jumps over the lazy dog. ".repeat(60);
     let d = Dataset::from_text(&text, &ByteTokenizer, 0.9).unwrap();
     let mut reps: Vec<Pipeline> = (0..2)
-        .map(|_| Pipeline::new(&cfg, 1, Boundary::default(), AdamWConfig::default(), &default_device()).unwrap())
+        .map(|_| {
+            Pipeline::new(&cfg, 1, Boundary::default(), AdamWConfig::default(), &default_device())
+                .unwrap()
+        })
         .collect();
     let mut start = export_flat(&mut reps[0].stages[0].sliver);
     let mut outer = OuterOptimizer::new(0.7, 0.9);
@@ -20,7 +26,9 @@ fn run(codec: DeltaCodec, h: u64) -> (f32, f32, u64, Vec<Flat>) {
     for step in 0..30 {
         for (k, r) in reps.iter_mut().enumerate() {
             let key = BatchKey { run: 0, epoch: 0, replica: k as u64, step, index: 0 };
-            let s = r.train_step(&[d.micro_batch(Split::Train, key, 4, 16).unwrap()], 1e-2, 1.0).unwrap();
+            let s = r
+                .train_step(&[d.micro_batch(Split::Train, key, 4, 16).unwrap()], 1e-2, 1.0)
+                .unwrap();
             if step == 0 && k == 0 {
                 first = s.loss;
             }
@@ -60,16 +68,27 @@ fn replicas_merge_and_learn_with_each_codec() {
 #[test]
 fn import_refuses_wrong_shapes_and_nan() {
     let cfg = GptConfig::new().with_n_layer(1).with_d_model(16).with_n_head(2).with_block_size(8);
-    let mut p = Pipeline::new(&cfg, 1, Boundary::default(), AdamWConfig::default(), &default_device()).unwrap();
+    let mut p =
+        Pipeline::new(&cfg, 1, Boundary::default(), AdamWConfig::default(), &default_device())
+            .unwrap();
     let good = export_flat(&mut p.stages[0].sliver);
     let mut short = good.clone();
     short.get_mut("wte.weight").unwrap().pop();
-    assert!(import_flat(&mut p.stages[0].sliver, &short).unwrap_err().to_string().contains("expected"));
+    assert!(import_flat(&mut p.stages[0].sliver, &short)
+        .unwrap_err()
+        .to_string()
+        .contains("expected"));
     let mut nan = good.clone();
     nan.get_mut("ln_f.weight").unwrap()[0] = f32::NAN;
-    assert!(import_flat(&mut p.stages[0].sliver, &nan).unwrap_err().to_string().contains("non-finite"));
+    assert!(import_flat(&mut p.stages[0].sliver, &nan)
+        .unwrap_err()
+        .to_string()
+        .contains("non-finite"));
     let mut missing = good.clone();
     missing.remove("h.0.mlp.c_fc.weight");
-    assert!(import_flat(&mut p.stages[0].sliver, &missing).unwrap_err().to_string().contains("missing"));
+    assert!(import_flat(&mut p.stages[0].sliver, &missing)
+        .unwrap_err()
+        .to_string()
+        .contains("missing"));
     assert_eq!(export_flat(&mut p.stages[0].sliver), good, "a refused import changes nothing");
 }

@@ -16,8 +16,9 @@ fn tiny(tied: bool) -> GptConfig {
 }
 
 fn corpus() -> Dataset {
-    let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
-        .repeat(40);
+    let text =
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+            .repeat(40);
     Dataset::from_text(&text, &ByteTokenizer, 0.9).unwrap()
 }
 
@@ -31,13 +32,19 @@ fn batches(d: &Dataset, step: u64, n: u64) -> Vec<MicroBatch> {
 }
 
 /// Trains `steps` steps and returns the losses and the final parameters of the whole model.
-fn run(cfg: &GptConfig, slivers: usize, boundary: Boundary, schedule: Schedule, steps: u64) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+fn run(
+    cfg: &GptConfig,
+    slivers: usize,
+    boundary: Boundary,
+    schedule: Schedule,
+    steps: u64,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
     let d = corpus();
-    let mut p = Pipeline::new(cfg, slivers, boundary, AdamWConfig::default(), &default_device()).unwrap();
+    let mut p =
+        Pipeline::new(cfg, slivers, boundary, AdamWConfig::default(), &default_device()).unwrap();
     p.schedule = schedule;
-    let losses = (0..steps)
-        .map(|s| p.train_step(&batches(&d, s, 2), 3e-3, 1.0).unwrap().loss)
-        .collect();
+    let losses =
+        (0..steps).map(|s| p.train_step(&batches(&d, s, 2), 3e-3, 1.0).unwrap().loss).collect();
     let mut params = Vec::new();
     for st in &mut p.stages {
         params.extend(export_flat(&mut st.sliver));
@@ -51,10 +58,16 @@ fn pipelined_training_is_bitwise_equal_to_monolithic_with_the_lossless_codec() {
         let cfg = tiny(tied);
         let (mono_loss, mono_params) = run(&cfg, 1, Boundary::default(), Schedule::OneFOneB, 6);
         assert!(mono_loss[5] < mono_loss[0], "the model learns: {mono_loss:?}");
-        for (slivers, schedule) in [(2, Schedule::OneFOneB), (4, Schedule::GPipe), (3, Schedule::OneFOneB)] {
+        for (slivers, schedule) in
+            [(2, Schedule::OneFOneB), (4, Schedule::GPipe), (3, Schedule::OneFOneB)]
+        {
             let (loss, params) = run(&cfg, slivers, Boundary::default(), schedule, 6);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&loss), bits(&mono_loss), "tied={tied} slivers={slivers}: {loss:?} vs {mono_loss:?}");
+            assert_eq!(
+                bits(&loss),
+                bits(&mono_loss),
+                "tied={tied} slivers={slivers}: {loss:?} vs {mono_loss:?}"
+            );
             // Every parameter of the pipeline equals the monolithic one bit for bit.
             let mono: std::collections::BTreeMap<_, _> = mono_params.iter().cloned().collect();
             for (name, v) in &params {
@@ -101,10 +114,16 @@ fn learned_bottleneck_trains_and_shrinks_the_boundary() {
 #[test]
 fn misuse_is_an_error_not_a_panic() {
     let cfg = tiny(true);
-    let mut p = Pipeline::new(&cfg, 2, Boundary::default(), AdamWConfig::default(), &default_device()).unwrap();
+    let mut p =
+        Pipeline::new(&cfg, 2, Boundary::default(), AdamWConfig::default(), &default_device())
+            .unwrap();
     assert!(p.train_step(&[], 1e-3, 1.0).is_err());
     let bad = MicroBatch { batch: 1, seq: 2, inputs: vec![0, 300], targets: vec![0, 1] };
-    assert!(p.train_step(&[bad], 1e-3, 1.0).unwrap_err().to_string().contains("outside the vocabulary"));
+    assert!(p
+        .train_step(&[bad], 1e-3, 1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("outside the vocabulary"));
     let long = MicroBatch { batch: 1, seq: 17, inputs: vec![1; 17], targets: vec![1; 17] };
     assert!(p.train_step(&[long], 1e-3, 1.0).unwrap_err().to_string().contains("sequence length"));
     let stage = &mut p.stages[0];
@@ -115,6 +134,7 @@ fn misuse_is_an_error_not_a_panic() {
     )
     .unwrap();
     assert!(stage.backward(99, g).unwrap_err().to_string().contains("no forward pending"));
-    assert!(Pipeline::new(&cfg, 5, Boundary::default(), AdamWConfig::default(), &default_device()).is_err());
+    assert!(Pipeline::new(&cfg, 5, Boundary::default(), AdamWConfig::default(), &default_device())
+        .is_err());
     assert!(GptConfig::new().with_n_head(3).validate().is_err());
 }

@@ -22,6 +22,11 @@ use sliver_engine::merge::{
 use sliver_engine::optim::{AdamWConfig, LrSchedule};
 use sliver_engine::{device_by_name, Boundary, EngineError, GptConfig, MicroBatch, Pipeline};
 
+/// mimalloc keeps freed tensor buffers for reuse; glibc's malloc returns large blocks to the
+/// kernel and faults them back in on every step (7 to 10% of a training step, measured).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Sliver's training engine: local training, generation and benchmarks")]
 struct Cli {
@@ -136,8 +141,10 @@ fn real_main() -> Result<(), EngineError> {
                 let mut p = r.pipeline;
                 let cfg = nano_config(run.seed);
                 for st in &mut p.stages {
-                    let info = CheckpointInfo { config: cfg.clone(), spec: st.spec.clone(), bottleneck };
-                    let path = dir.join(format!("sliver-{}-of-{}.safetensors", st.spec.index, st.spec.count));
+                    let info =
+                        CheckpointInfo { config: cfg.clone(), spec: st.spec.clone(), bottleneck };
+                    let path = dir
+                        .join(format!("sliver-{}-of-{}.safetensors", st.spec.index, st.spec.count));
                     save_sliver(&mut st.sliver, &info, &path)?;
                     println!("saved {}", path.display());
                 }
@@ -202,10 +209,18 @@ fn schedule(run: &RunArgs) -> LrSchedule {
     LrSchedule { max_lr: run.lr, min_lr: run.lr / 10.0, warmup_steps: 100, decay_steps: run.iters }
 }
 
-fn step_batches(run: &RunArgs, data: &Dataset, replica: u64, step: u64) -> Result<Vec<MicroBatch>, EngineError> {
+fn step_batches(
+    run: &RunArgs,
+    data: &Dataset,
+    replica: u64,
+    step: u64,
+) -> Result<Vec<MicroBatch>, EngineError> {
     let m = run.micro_batches.max(1);
     if run.batch % m != 0 {
-        return Err(EngineError::Config(format!("batch {} is not divisible into {m} micro-batches", run.batch)));
+        return Err(EngineError::Config(format!(
+            "batch {} is not divisible into {m} micro-batches",
+            run.batch
+        )));
     }
     (0..m as u64)
         .map(|index| {
@@ -232,9 +247,16 @@ struct TrainResult {
     pipeline: Pipeline,
 }
 
-fn train(run: &RunArgs, data: &Dataset, slivers: usize, boundary: Boundary, progress: bool) -> Result<TrainResult, EngineError> {
+fn train(
+    run: &RunArgs,
+    data: &Dataset,
+    slivers: usize,
+    boundary: Boundary,
+    progress: bool,
+) -> Result<TrainResult, EngineError> {
     let device = device_by_name(&run.device)?;
-    let mut p = Pipeline::new(&nano_config(run.seed), slivers, boundary, AdamWConfig::default(), &device)?;
+    let mut p =
+        Pipeline::new(&nano_config(run.seed), slivers, boundary, AdamWConfig::default(), &device)?;
     let sched = schedule(run);
     let t0 = Instant::now();
     let (mut tokens, mut bytes) = (0u64, 0u64);
@@ -286,13 +308,26 @@ fn torch(python: Option<&Path>, args: &[String]) -> Result<serde_json::Value, En
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().unwrap_or("");
-    serde_json::from_str(last).map_err(|e| EngineError::Config(format!("torch_ref.py printed {last:?}: {e}")))
+    serde_json::from_str(last)
+        .map_err(|e| EngineError::Config(format!("torch_ref.py printed {last:?}: {e}")))
 }
 
-fn bench_speed(run: &RunArgs, data: &Dataset, python: Option<&Path>, threads: usize, steps: u64) -> Result<(), EngineError> {
+fn bench_speed(
+    run: &RunArgs,
+    data: &Dataset,
+    python: Option<&Path>,
+    threads: usize,
+    steps: u64,
+) -> Result<(), EngineError> {
     println!("\n## Speed: one training step of the nanoGPT configuration ({} x 64 tokens), {threads} threads", run.batch);
     let device = device_by_name(&run.device)?;
-    let mut p = Pipeline::new(&nano_config(run.seed), 1, Boundary::default(), AdamWConfig::default(), &device)?;
+    let mut p = Pipeline::new(
+        &nano_config(run.seed),
+        1,
+        Boundary::default(),
+        AdamWConfig::default(),
+        &device,
+    )?;
     for it in 0..5 {
         p.train_step(&step_batches(run, data, 0, it)?, 1e-3, 1.0)?;
     }
@@ -304,14 +339,38 @@ fn bench_speed(run: &RunArgs, data: &Dataset, python: Option<&Path>, threads: us
     let tokens = (run.batch * 64) as f64;
     println!("| implementation | ms/step | tokens/s | time ratio vs PyTorch |");
     println!("|---|---|---|---|");
-    match torch(python, &["speed".into(), "--data".into(), run.data.display().to_string(), "--threads".into(), threads.to_string(), "--steps".into(), steps.to_string(), "--batch".into(), run.batch.to_string()]) {
+    match torch(
+        python,
+        &[
+            "speed".into(),
+            "--data".into(),
+            run.data.display().to_string(),
+            "--threads".into(),
+            threads.to_string(),
+            "--steps".into(),
+            steps.to_string(),
+            "--batch".into(),
+            run.batch.to_string(),
+        ],
+    ) {
         Ok(v) => {
             let torch_ms = v["ms_per_step"].as_f64().unwrap_or(f64::NAN);
-            println!("| PyTorch {} (CPU) | {torch_ms:.1} | {:.0} | 1.00 |", torch_version(python), tokens / torch_ms * 1000.0);
-            println!("| Burn flex (sliver-engine) | {burn_ms:.1} | {:.0} | {:.2} |", tokens / burn_ms * 1000.0, burn_ms / torch_ms);
+            println!(
+                "| PyTorch {} (CPU) | {torch_ms:.1} | {:.0} | 1.00 |",
+                torch_version(python),
+                tokens / torch_ms * 1000.0
+            );
+            println!(
+                "| Burn flex (sliver-engine) | {burn_ms:.1} | {:.0} | {:.2} |",
+                tokens / burn_ms * 1000.0,
+                burn_ms / torch_ms
+            );
         }
         Err(e) => {
-            println!("| Burn flex (sliver-engine) | {burn_ms:.1} | {:.0} | n/a |", tokens / burn_ms * 1000.0);
+            println!(
+                "| Burn flex (sliver-engine) | {burn_ms:.1} | {:.0} | n/a |",
+                tokens / burn_ms * 1000.0
+            );
             println!("(PyTorch side skipped: {e})");
         }
     }
@@ -320,7 +379,9 @@ fn bench_speed(run: &RunArgs, data: &Dataset, python: Option<&Path>, threads: us
 
 fn torch_version(python: Option<&Path>) -> String {
     python
-        .and_then(|py| Command::new(py).args(["-c", "import torch; print(torch.__version__)"]).output().ok())
+        .and_then(|py| {
+            Command::new(py).args(["-c", "import torch; print(torch.__version__)"]).output().ok()
+        })
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
@@ -333,7 +394,13 @@ fn bench_pipeline(run: &RunArgs, data: &Dataset, steps: u64) -> Result<(), Engin
     let mut base = 0.0;
     let r = RunArgs { micro_batches: 4, ..run.clone() };
     for s in [1usize, 2, 4] {
-        let mut p = Pipeline::new(&nano_config(run.seed), s, Boundary::default(), AdamWConfig::default(), &device)?;
+        let mut p = Pipeline::new(
+            &nano_config(run.seed),
+            s,
+            Boundary::default(),
+            AdamWConfig::default(),
+            &device,
+        )?;
         p.train_step(&step_batches(&r, data, 0, 0)?, 1e-3, 1.0)?;
         let t0 = Instant::now();
         let (mut tokens, mut bytes) = (0u64, 0u64);
@@ -370,16 +437,23 @@ fn bench_codecs(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), Engine
         if base == 0.0 {
             base = res.bytes_per_token;
         }
-        println!("| {name} | {:.1} | {:.1}x smaller | {:.4} |", res.bytes_per_token, base / res.bytes_per_token, res.val_loss);
+        println!(
+            "| {name} | {:.1} | {:.1}x smaller | {:.5} |",
+            res.bytes_per_token,
+            base / res.bytes_per_token,
+            res.val_loss
+        );
     }
     let mono = train(&r, data, 1, Boundary::default(), false)?;
-    println!("| (monolithic, no boundary) | 0 | - | {:.4} |", mono.val_loss);
+    println!("| (monolithic, no boundary) | 0 | - | {:.5} |", mono.val_loss);
     Ok(())
 }
 
 fn bench_merge(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineError> {
     println!("\n## Merging replicas (DiLoCo outer Nesterov, lr 0.7, momentum 0.9): {budget} inner steps each, whole model per replica");
-    println!("| replicas | H | codec | bytes per merge per replica | vs dense f32 | merges | val loss |");
+    println!(
+        "| replicas | H | codec | bytes per merge per replica | vs dense f32 | merges | val loss |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let device = device_by_name(&run.device)?;
     let r = RunArgs { iters: budget, ..run.clone() };
@@ -388,16 +462,31 @@ fn bench_merge(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineE
     println!("| 1 (synchronous baseline) | - | - | 0 | - | 0 | {:.4} |", sync.val_loss);
     for replicas in [2usize, 4] {
         for h in [1u64, 10, 50] {
-            for (cname, codec) in [("f32", DeltaCodec::Dense), ("int8", DeltaCodec::Int8), ("top-3% + EF", DeltaCodec::TopK { fraction: 0.03 })] {
+            for (cname, codec) in [
+                ("f32", DeltaCodec::Dense),
+                ("int8", DeltaCodec::Int8),
+                ("top-3% + EF", DeltaCodec::TopK { fraction: 0.03 }),
+            ] {
                 if h == 1 && cname != "f32" {
                     continue;
                 }
                 let mut reps: Vec<Pipeline> = (0..replicas)
-                    .map(|_| Pipeline::new(&nano_config(run.seed), 1, Boundary::default(), AdamWConfig::default(), &device))
+                    .map(|_| {
+                        Pipeline::new(
+                            &nano_config(run.seed),
+                            1,
+                            Boundary::default(),
+                            AdamWConfig::default(),
+                            &device,
+                        )
+                    })
                     .collect::<Result<_, _>>()?;
                 let mut start = export_flat(&mut reps[0].stages[0].sliver);
                 let dense: u64 = start.values().map(|v| 4 * v.len() as u64).sum();
-                let mut outer = OuterOptimizer::new(if h == 1 { 1.0 } else { 0.7 }, if h == 1 { 0.0 } else { 0.9 });
+                let mut outer = OuterOptimizer::new(
+                    if h == 1 { 1.0 } else { 0.7 },
+                    if h == 1 { 0.0 } else { 0.9 },
+                );
                 let mut encoders = vec![DeltaEncoder::default(); replicas];
                 let (mut merges, mut bytes) = (0u64, 0u64);
                 for it in 0..budget {
@@ -428,16 +517,38 @@ fn bench_merge(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineE
     Ok(())
 }
 
-fn bench_quality(run: &RunArgs, data: &Dataset, python: Option<&Path>, threads: usize) -> Result<(), EngineError> {
+fn bench_quality(
+    run: &RunArgs,
+    data: &Dataset,
+    python: Option<&Path>,
+    threads: usize,
+) -> Result<(), EngineError> {
     println!("\n## Quality: nanoGPT shakespeare-char CPU configuration, {} iterations, val loss over {} batches", run.iters, run.eval_batches);
     println!("| run | val loss | train wall time s | tokens/s |");
     println!("|---|---|---|---|");
     for s in [1usize, 2] {
         let r = train(run, data, s, Boundary::default(), true)?;
-        let name = if s == 1 { "Burn, monolithic".to_string() } else { format!("Burn, {s} slivers (f32 boundary)") };
+        let name = if s == 1 {
+            "Burn, monolithic".to_string()
+        } else {
+            format!("Burn, {s} slivers (f32 boundary)")
+        };
         println!("| {name} | {:.4} | {:.1} | {:.0} |", r.val_loss, r.train_s, r.tokens_per_s);
     }
-    match torch(python, &["quality".into(), "--data".into(), run.data.display().to_string(), "--threads".into(), threads.to_string(), "--iters".into(), run.iters.to_string(), "--eval-batches".into(), run.eval_batches.to_string()]) {
+    match torch(
+        python,
+        &[
+            "quality".into(),
+            "--data".into(),
+            run.data.display().to_string(),
+            "--threads".into(),
+            threads.to_string(),
+            "--iters".into(),
+            run.iters.to_string(),
+            "--eval-batches".into(),
+            run.eval_batches.to_string(),
+        ],
+    ) {
         Ok(v) => println!(
             "| PyTorch {} | {:.4} | {:.1} | {:.0} |",
             torch_version(python),
