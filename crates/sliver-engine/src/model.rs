@@ -399,6 +399,13 @@ impl Sliver {
                 tok + pos
             }
             (SliverInput::Hidden(x), None, _) => {
+                let [b, t, w] = x.dims();
+                let want = self.input_width().unwrap_or(0);
+                if b == 0 || t == 0 || w != want {
+                    return Err(EngineError::Shape(format!(
+                        "activations {b}x{t}x{w}, expected width {want} and a non-empty batch"
+                    )));
+                }
                 let x = match &self.bottleneck_in {
                     Some(b) => b.proj.forward(x),
                     None => x,

@@ -133,7 +133,23 @@ fn misuse_is_an_error_not_a_panic() {
         &default_device(),
     )
     .unwrap();
-    assert!(stage.backward(99, g).unwrap_err().to_string().contains("no forward pending"));
+    assert!(stage.backward(99, g.clone()).unwrap_err().to_string().contains("no forward pending"));
+    // Activations of the wrong width from a peer are refused by the receiving sliver.
+    let last = &mut p.stages[1];
+    let narrow = sliver_engine::codec::decode_tensor(
+        &sliver_engine::codec::encode(WireCodec::F32, &[1, 2, 16], &[0.0; 32]),
+        [1, 2, 16],
+        &default_device(),
+    )
+    .unwrap();
+    let targets = last.tokens(&[1, 2], 1, 2).unwrap();
+    let err = last
+        .forward_backward_last(sliver_engine::SliverInput::Hidden(narrow), targets, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected width 32"), "{err}");
+    let first = &mut p.stages[0];
+    assert!(first.forward(1, sliver_engine::SliverInput::Hidden(g)).is_err());
     assert!(Pipeline::new(&cfg, 5, Boundary::default(), AdamWConfig::default(), &default_device())
         .is_err());
     assert!(GptConfig::new().with_n_head(3).validate().is_err());
