@@ -167,6 +167,71 @@ impl OuterOptimizer {
     }
 }
 
+/// Replicas of one sliver merged in one process: the reference for the networked merge, and
+/// what tests and benchmarks use. Holds the shared start weights, the outer optimiser and one
+/// encoder per replica.
+pub struct ReplicaGroup {
+    /// Weights every replica started the current round from.
+    pub start: Flat,
+    /// Outer optimiser.
+    pub outer: OuterOptimizer,
+    /// Pseudo-gradient encoding.
+    pub codec: DeltaCodec,
+    encoders: Vec<DeltaEncoder>,
+}
+
+/// What one merge round moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MergeStats {
+    /// Bytes all replicas sent, encoded.
+    pub bytes: u64,
+    /// What the same would have cost as dense f32.
+    pub dense_bytes: u64,
+}
+
+impl ReplicaGroup {
+    /// A group of `replicas` starting from the weights of `first`.
+    pub fn new(
+        first: &mut Sliver,
+        replicas: usize,
+        outer: OuterOptimizer,
+        codec: DeltaCodec,
+    ) -> Self {
+        ReplicaGroup {
+            start: export_flat(first),
+            outer,
+            codec,
+            encoders: vec![DeltaEncoder::default(); replicas],
+        }
+    }
+
+    /// One merge: every replica's pseudo-gradient is encoded, the decoded ones are averaged, the
+    /// outer step moves `start`, and every replica is reset to it.
+    pub fn merge(&mut self, replicas: &mut [&mut Sliver]) -> Result<MergeStats, EngineError> {
+        if replicas.len() != self.encoders.len() {
+            return Err(EngineError::Config(format!(
+                "{} replicas given to a group of {}",
+                replicas.len(),
+                self.encoders.len()
+            )));
+        }
+        let mut deltas = Vec::with_capacity(replicas.len());
+        let mut stats = MergeStats { bytes: 0, dense_bytes: 0 };
+        for (rep, enc) in replicas.iter_mut().zip(&mut self.encoders) {
+            let delta = pseudo_gradient(&self.start, &export_flat(rep));
+            let e = enc.encode(&delta, self.codec);
+            stats.bytes += e.bytes;
+            stats.dense_bytes += delta.values().map(|v| 4 * v.len() as u64).sum::<u64>();
+            deltas.push(e.values);
+        }
+        self.outer.step(&mut self.start, &average(&deltas));
+        for rep in replicas.iter_mut() {
+            import_flat(rep, &self.start)?;
+        }
+        Ok(stats)
+    }
+}
+
 /// `start - current` per parameter.
 pub fn pseudo_gradient(start: &Flat, current: &Flat) -> Flat {
     start

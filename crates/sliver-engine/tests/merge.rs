@@ -3,8 +3,7 @@
 
 use sliver_engine::data::{BatchKey, ByteTokenizer, Dataset, Split};
 use sliver_engine::merge::{
-    average, export_flat, import_flat, pseudo_gradient, DeltaCodec, DeltaEncoder, Flat,
-    OuterOptimizer,
+    export_flat, import_flat, DeltaCodec, Flat, OuterOptimizer, ReplicaGroup,
 };
 use sliver_engine::optim::AdamWConfig;
 use sliver_engine::{default_device, Boundary, GptConfig, Pipeline};
@@ -19,9 +18,8 @@ fn run(codec: DeltaCodec, h: u64) -> (f32, f32, u64, Vec<Flat>) {
                 .unwrap()
         })
         .collect();
-    let mut start = export_flat(&mut reps[0].stages[0].sliver);
-    let mut outer = OuterOptimizer::new(0.7, 0.9);
-    let mut enc = vec![DeltaEncoder::default(); 2];
+    let mut group =
+        ReplicaGroup::new(&mut reps[0].stages[0].sliver, 2, OuterOptimizer::new(0.7, 0.9), codec);
     let (mut first, mut last, mut bytes) = (0.0, 0.0, 0);
     for step in 0..30 {
         for (k, r) in reps.iter_mut().enumerate() {
@@ -35,17 +33,8 @@ fn run(codec: DeltaCodec, h: u64) -> (f32, f32, u64, Vec<Flat>) {
             last = s.loss;
         }
         if (step + 1) % h == 0 {
-            let mut deltas = Vec::new();
-            for (r, e) in reps.iter_mut().zip(&mut enc) {
-                let cur = export_flat(&mut r.stages[0].sliver);
-                let x = e.encode(&pseudo_gradient(&start, &cur), codec);
-                bytes += x.bytes;
-                deltas.push(x.values);
-            }
-            outer.step(&mut start, &average(&deltas));
-            for r in &mut reps {
-                import_flat(&mut r.stages[0].sliver, &start).unwrap();
-            }
+            let mut slivers: Vec<_> = reps.iter_mut().map(|r| &mut r.stages[0].sliver).collect();
+            bytes += group.merge(&mut slivers).unwrap().bytes;
         }
     }
     let finals = reps.iter_mut().map(|r| export_flat(&mut r.stages[0].sliver)).collect();

@@ -16,9 +16,7 @@ use sliver_engine::checkpoint::{assemble, save_sliver, CheckpointInfo};
 use sliver_engine::codec::WireCodec;
 use sliver_engine::data::{BatchKey, ByteTokenizer, Dataset, Source, Split, Tokenizer};
 use sliver_engine::generate::{generate, SampleConfig};
-use sliver_engine::merge::{
-    average, export_flat, import_flat, pseudo_gradient, DeltaCodec, DeltaEncoder, OuterOptimizer,
-};
+use sliver_engine::merge::{DeltaCodec, OuterOptimizer, ReplicaGroup};
 use sliver_engine::optim::{AdamWConfig, LrSchedule};
 use sliver_engine::{device_by_name, Boundary, EngineError, GptConfig, MicroBatch, Pipeline};
 
@@ -481,36 +479,30 @@ fn bench_merge(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineE
                         )
                     })
                     .collect::<Result<_, _>>()?;
-                let mut start = export_flat(&mut reps[0].stages[0].sliver);
-                let dense: u64 = start.values().map(|v| 4 * v.len() as u64).sum();
-                let mut outer = OuterOptimizer::new(
-                    if h == 1 { 1.0 } else { 0.7 },
-                    if h == 1 { 0.0 } else { 0.9 },
-                );
-                let mut encoders = vec![DeltaEncoder::default(); replicas];
-                let (mut merges, mut bytes) = (0u64, 0u64);
+                let outer = if h == 1 {
+                    OuterOptimizer::new(1.0, 0.0) // plain averaging every step
+                } else {
+                    OuterOptimizer::new(0.7, 0.9)
+                };
+                let mut group =
+                    ReplicaGroup::new(&mut reps[0].stages[0].sliver, replicas, outer, codec);
+                let (mut merges, mut bytes, mut dense) = (0u64, 0u64, 0u64);
                 for it in 0..budget {
                     for (k, rep) in reps.iter_mut().enumerate() {
                         rep.train_step(&step_batches(&r, data, k as u64, it)?, sched.at(it), 1.0)?;
                     }
                     if (it + 1) % h == 0 || it + 1 == budget {
-                        let mut deltas = Vec::new();
-                        for (rep, enc) in reps.iter_mut().zip(&mut encoders) {
-                            let cur = export_flat(&mut rep.stages[0].sliver);
-                            let e = enc.encode(&pseudo_gradient(&start, &cur), codec);
-                            bytes += e.bytes;
-                            deltas.push(e.values);
-                        }
-                        outer.step(&mut start, &average(&deltas));
-                        for rep in &mut reps {
-                            import_flat(&mut rep.stages[0].sliver, &start)?;
-                        }
+                        let mut slivers: Vec<_> =
+                            reps.iter_mut().map(|p| &mut p.stages[0].sliver).collect();
+                        let st = group.merge(&mut slivers)?;
+                        bytes += st.bytes;
+                        dense += st.dense_bytes;
                         merges += 1;
                     }
                 }
                 let val = reps[0].eval_loss(&val_batches(&r, data)?)?;
                 let per = bytes as f64 / (merges * replicas as u64) as f64;
-                println!("| {replicas} | {h} | {cname} | {per:.0} | {:.1}x smaller | {merges} | {val:.4} |", dense as f64 / per);
+                println!("| {replicas} | {h} | {cname} | {per:.0} | {:.1}x smaller | {merges} | {val:.4} |", dense as f64 / bytes as f64);
             }
         }
     }
