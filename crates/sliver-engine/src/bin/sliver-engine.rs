@@ -203,6 +203,16 @@ fn nano_config(seed: u64) -> GptConfig {
     GptConfig::new().with_init_seed(seed)
 }
 
+/// The nanoGPT model split into `slivers`, with the default AdamW, on `run.device`.
+fn nano_pipeline(
+    run: &RunArgs,
+    slivers: usize,
+    boundary: Boundary,
+) -> Result<Pipeline, EngineError> {
+    let device = device_by_name(&run.device)?;
+    Pipeline::new(&nano_config(run.seed), slivers, boundary, AdamWConfig::default(), &device)
+}
+
 fn schedule(run: &RunArgs) -> LrSchedule {
     LrSchedule { max_lr: run.lr, min_lr: run.lr / 10.0, warmup_steps: 100, decay_steps: run.iters }
 }
@@ -252,9 +262,7 @@ fn train(
     boundary: Boundary,
     progress: bool,
 ) -> Result<TrainResult, EngineError> {
-    let device = device_by_name(&run.device)?;
-    let mut p =
-        Pipeline::new(&nano_config(run.seed), slivers, boundary, AdamWConfig::default(), &device)?;
+    let mut p = nano_pipeline(run, slivers, boundary)?;
     let sched = schedule(run);
     let t0 = Instant::now();
     let (mut tokens, mut bytes) = (0u64, 0u64);
@@ -318,14 +326,7 @@ fn bench_speed(
     steps: u64,
 ) -> Result<(), EngineError> {
     println!("\n## Speed: one training step of the nanoGPT configuration ({} x 64 tokens), {threads} threads", run.batch);
-    let device = device_by_name(&run.device)?;
-    let mut p = Pipeline::new(
-        &nano_config(run.seed),
-        1,
-        Boundary::default(),
-        AdamWConfig::default(),
-        &device,
-    )?;
+    let mut p = nano_pipeline(run, 1, Boundary::default())?;
     for it in 0..5 {
         p.train_step(&step_batches(run, data, 0, it)?, 1e-3, 1.0)?;
     }
@@ -388,17 +389,10 @@ fn bench_pipeline(run: &RunArgs, data: &Dataset, steps: u64) -> Result<(), Engin
     println!("\n## Pipeline overhead: in-process slivers against the monolithic model ({steps} steps, f32 boundaries, 4 micro-batches)");
     println!("| slivers | tokens/s | vs monolithic | boundary bytes/token |");
     println!("|---|---|---|---|");
-    let device = device_by_name(&run.device)?;
     let mut base = 0.0;
     let r = RunArgs { micro_batches: 4, ..run.clone() };
     for s in [1usize, 2, 4] {
-        let mut p = Pipeline::new(
-            &nano_config(run.seed),
-            s,
-            Boundary::default(),
-            AdamWConfig::default(),
-            &device,
-        )?;
+        let mut p = nano_pipeline(run, s, Boundary::default())?;
         p.train_step(&step_batches(&r, data, 0, 0)?, 1e-3, 1.0)?;
         let t0 = Instant::now();
         let (mut tokens, mut bytes) = (0u64, 0u64);
@@ -453,7 +447,6 @@ fn bench_merge(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineE
         "| replicas | H | codec | bytes per merge per replica | vs dense f32 | merges | val loss |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let device = device_by_name(&run.device)?;
     let r = RunArgs { iters: budget, ..run.clone() };
     let sched = schedule(&r);
     let sync = train(&r, data, 1, Boundary::default(), false)?;
@@ -469,15 +462,7 @@ fn bench_merge(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineE
                     continue;
                 }
                 let mut reps: Vec<Pipeline> = (0..replicas)
-                    .map(|_| {
-                        Pipeline::new(
-                            &nano_config(run.seed),
-                            1,
-                            Boundary::default(),
-                            AdamWConfig::default(),
-                            &device,
-                        )
-                    })
+                    .map(|_| nano_pipeline(run, 1, Boundary::default()))
                     .collect::<Result<_, _>>()?;
                 let outer = if h == 1 {
                     OuterOptimizer::new(1.0, 0.0) // plain averaging every step
