@@ -154,3 +154,38 @@ fn misuse_is_an_error_not_a_panic() {
         .is_err());
     assert!(GptConfig::new().with_n_head(3).validate().is_err());
 }
+
+#[test]
+fn parameter_counts_agree_with_the_configuration() {
+    for tied in [true, false] {
+        for bias in [false, true] {
+            let cfg = tiny(tied).with_bias(bias);
+            let mut p = Pipeline::new(
+                &cfg,
+                1,
+                Boundary::default(),
+                AdamWConfig::default(),
+                &default_device(),
+            )
+            .unwrap();
+            let copy = if tied { cfg.vocab_size * cfg.d_model } else { 0 };
+            assert_eq!(
+                p.stages[0].sliver.num_params() - copy,
+                cfg.num_params(),
+                "tied={tied} bias={bias}"
+            );
+            let mut split = Pipeline::new(
+                &cfg,
+                2,
+                Boundary::default(),
+                AdamWConfig::default(),
+                &default_device(),
+            )
+            .unwrap();
+            let total: usize = split.stages.iter_mut().map(|s| s.sliver.num_params()).sum();
+            assert_eq!(total - copy, cfg.num_params());
+        }
+    }
+    // nanoGPT's shakespeare-char model with the byte vocabulary.
+    assert_eq!(GptConfig::new().num_params(), 828_544);
+}
