@@ -21,6 +21,8 @@ use crate::P2pError;
 
 /// Protocol of tensor frames.
 pub const TENSOR_PROTOCOL: StreamProtocol = StreamProtocol::new("/sliver/tensor/1");
+/// Attempts per frame when the stream is reset before a receipt.
+pub const SEND_ATTEMPTS: usize = 4;
 /// Protocol of control messages.
 pub const CONTROL_PROTOCOL: StreamProtocol = StreamProtocol::new("/sliver/control/1");
 
@@ -252,6 +254,29 @@ impl Client {
                 .clone()
         };
         let _permit = permit_pool.acquire().await.map_err(|_| P2pError::Stopped)?;
+        // libp2p-stream hands inbound streams over through a channel without buffer and drops
+        // a stream that arrives while the previous one is being taken: under concurrency a few
+        // streams are reset before the receiver reads a byte. Such a reset is retried; a peer
+        // that is really gone fails every attempt. (A retry after a lost receipt can deliver a
+        // frame twice: receivers deduplicate by header hash.)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_send_frame(peer, header, payload).await {
+                Err(P2pError::PeerGone { .. }) if attempt < SEND_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_send_frame(
+        &self,
+        peer: PeerId,
+        header: &FrameHeader,
+        payload: &[u8],
+    ) -> Result<Receipt, P2pError> {
         let mut control = self.streams.clone();
         let header_bytes = header.encode();
         let exchange = async move {
@@ -295,8 +320,10 @@ async fn receive_frames(
         let pool = match limits.lock() {
             Ok(mut m) => m
                 .entry(peer)
+                // Twice the sender's bound: a sender reuses its slot as soon as it holds the
+                // receipt, a moment before this side has closed the stream.
                 .or_insert_with(|| {
-                    Arc::new(Semaphore::new(client.config.max_in_flight_per_peer.max(1)))
+                    Arc::new(Semaphore::new(2 * client.config.max_in_flight_per_peer.max(1)))
                 })
                 .clone(),
             Err(_) => return,
@@ -305,7 +332,9 @@ async fn receive_frames(
         let frames = frames.clone();
         tokio::spawn(async move {
             let mut stream = stream;
-            let Ok(_permit) = pool.try_acquire() else {
+            // Busy is not misbehaviour: refused, but no strike.
+            let Ok(permit) = pool.try_acquire() else {
+                tracing::debug!(%peer, "refused a tensor frame: too many in flight");
                 let _ = stream
                     .write_all(&Reply::Refused("too many frames in flight".into()).encode())
                     .await;
@@ -330,6 +359,7 @@ async fn receive_frames(
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(format!("frame not complete within {timeout:?}")),
             };
+            drop(permit);
             let reply = match outcome {
                 Ok(hash) => Reply::Accepted(Receipt::sign(&client.key, hash)),
                 Err(reason) => {
