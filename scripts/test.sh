@@ -16,6 +16,9 @@ sliver_build_node
 step "tests of the main workspace (pallets, runtime natively, off-chain crates, end-to-end)"
 SKIP_WASM_BUILD=1 cargo test --workspace --locked 2>&1
 
+step "P2P across network namespaces (output shown: it says when it cannot shape the link)"
+cargo test --locked -p sliver-p2p --test netns -- --nocapture 2>&1
+
 step "engine with its optional features: BPE tokenizer tests, wgpu backend build"
 cargo test --locked -p sliver-engine --features bpe --lib 2>&1
 cargo check --locked -p sliver-engine --features wgpu 2>&1
