@@ -22,6 +22,7 @@ pub use frame::{Direction, FrameError, FrameHeader};
 pub use libp2p::{Multiaddr, PeerId};
 pub use network::{
     start, Client, ControlRequest, ControlResponse, IncomingFrame, NetworkConfig, NodeStatus,
+    PeerRecord,
 };
 pub use receipt::{Receipt, Reply};
 

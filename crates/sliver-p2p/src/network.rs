@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore, QueryId, QueryResult};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
@@ -21,6 +22,8 @@ use crate::P2pError;
 
 /// Protocol of tensor frames.
 pub const TENSOR_PROTOCOL: StreamProtocol = StreamProtocol::new("/sliver/tensor/1");
+/// Sliver's own Kademlia protocol: a private DHT of the network's nodes, not IPFS's.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/sliver/kad/1");
 /// Attempts per frame when the stream is reset before a receipt.
 pub const SEND_ATTEMPTS: usize = 4;
 /// Protocol of control messages.
@@ -69,6 +72,11 @@ pub enum ControlRequest {
     },
     /// What the peer serves now.
     Status,
+    /// The peers the node knows to serve `sliver` in the current run.
+    WhoServes {
+        /// Sliver index.
+        sliver: u16,
+    },
 }
 
 /// Control responses.
@@ -81,7 +89,28 @@ pub enum ControlResponse {
     },
     /// Answer to `Status`.
     Status(NodeStatus),
+    /// Answer to `WhoServes`.
+    Servers {
+        /// The sliver asked about.
+        sliver: u16,
+        /// Its servers as the answering node knows them.
+        peers: Vec<PeerRecord>,
+    },
 }
+
+/// A peer and its addresses, as strings on the wire (parsed and checked by the receiver).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// Base58 PeerId.
+    pub peer_id: String,
+    /// Multiaddrs.
+    pub addrs: Vec<String>,
+}
+
+/// Most servers accepted in one `Servers` answer, and addresses per server.
+pub const MAX_SERVERS: usize = 64;
+/// Most addresses accepted per server.
+pub const MAX_ADDRS: usize = 8;
 
 /// What a node says about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +121,8 @@ pub struct NodeStatus {
     pub epoch: u64,
     /// Slivers this node serves.
     pub slivers: Vec<u16>,
+    /// Servers of each sliver this node knows of (from the chain registry and its peers).
+    pub directory: std::collections::BTreeMap<u16, Vec<PeerRecord>>,
 }
 
 /// A frame that passed every check, delivered to the application.
@@ -110,10 +141,15 @@ struct Behaviour {
     stream: libp2p_stream::Behaviour,
     control: request_response::cbor::Behaviour<ControlRequest, ControlResponse>,
     identify: identify::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
     ping: ping::Behaviour,
 }
 
 enum Command {
+    FindPeer {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<Vec<Multiaddr>, P2pError>>,
+    },
     Listen {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<Multiaddr, P2pError>>,
@@ -174,6 +210,18 @@ pub fn start(
                 "/sliver/1".into(),
                 k.public(),
             )),
+            kad: {
+                let id = k.public().to_peer_id();
+                let mut kad = kad::Behaviour::with_config(
+                    id,
+                    MemoryStore::new(id),
+                    kad::Config::new(KAD_PROTOCOL),
+                );
+                // Answer DHT queries before an external address is confirmed: Sliver nodes on
+                // a LAN or on loopback are still each other's routing table.
+                kad.set_mode(Some(kad::Mode::Server));
+                kad
+            },
             ping: ping::Behaviour::default(),
         })
         .map_err(|e| P2pError::Transport(e.to_string()))?
@@ -205,6 +253,36 @@ impl Client {
     /// Connects to `peer` at `addr`.
     pub async fn dial(&self, peer: PeerId, addr: Multiaddr) -> Result<(), P2pError> {
         self.call(|reply| Command::Dial { peer, addr, reply }).await?
+    }
+
+    /// Looks `peer` up in the DHT (through the peers this node knows) and returns its addresses,
+    /// which are also remembered for dialing.
+    pub async fn find_peer(&self, peer: PeerId) -> Result<Vec<Multiaddr>, P2pError> {
+        self.call(|reply| Command::FindPeer { peer, reply }).await?
+    }
+
+    /// Asks `peer` who serves `sliver`; entries that do not parse are dropped, and at most
+    /// [`MAX_SERVERS`] servers with [`MAX_ADDRS`] addresses each are kept.
+    pub async fn who_serves(
+        &self,
+        peer: PeerId,
+        sliver: u16,
+    ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, P2pError> {
+        match self.request(peer, ControlRequest::WhoServes { sliver }).await? {
+            ControlResponse::Servers { sliver: s, peers } if s == sliver => Ok(peers
+                .into_iter()
+                .take(MAX_SERVERS)
+                .filter_map(|r| {
+                    let id = r.peer_id.parse().ok()?;
+                    let addrs =
+                        r.addrs.iter().take(MAX_ADDRS).filter_map(|a| a.parse().ok()).collect();
+                    Some((id, addrs))
+                })
+                .collect()),
+            other => {
+                Err(P2pError::Request { peer, reason: format!("unexpected answer {other:?}") })
+            }
+        }
     }
 
     /// Sends a control request and waits for the response.
@@ -403,6 +481,7 @@ struct SwarmTask {
     listening: Vec<oneshot::Sender<Result<Multiaddr, P2pError>>>,
     dialing: HashMap<PeerId, Vec<oneshot::Sender<Result<(), P2pError>>>>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<ControlResponse, P2pError>>>,
+    lookups: HashMap<QueryId, (PeerId, oneshot::Sender<Result<Vec<Multiaddr>, P2pError>>)>,
 }
 
 impl SwarmTask {
@@ -421,6 +500,7 @@ impl SwarmTask {
             listening: Vec::new(),
             dialing: HashMap::new(),
             requests: HashMap::new(),
+            lookups: HashMap::new(),
         }
     }
 
@@ -475,6 +555,10 @@ impl SwarmTask {
                     self.strikes.remove(&peer);
                 }
             }
+            Command::FindPeer { peer, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.lookups.insert(id, (peer, reply));
+            }
             Command::Shutdown { .. } => {}
         }
     }
@@ -497,6 +581,43 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Control(event)) => self.on_control(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                // What a peer says it listens on feeds the DHT's routing table.
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetClosestPeers(result),
+                ..
+            })) => {
+                if let Some((target, reply)) = self.lookups.remove(&id) {
+                    let peers = match result {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    let found = peers.into_iter().find(|p| p.peer_id == target).map(|p| p.addrs);
+                    let _ = reply.send(match found {
+                        Some(addrs) if !addrs.is_empty() => {
+                            for a in &addrs {
+                                self.swarm.add_peer_address(target, a.clone());
+                            }
+                            Ok(addrs)
+                        }
+                        _ => Err(P2pError::Dial {
+                            peer: target,
+                            reason: "not found in the DHT".into(),
+                        }),
+                    });
+                }
+            }
             _ => {}
         }
     }
@@ -508,6 +629,16 @@ impl SwarmTask {
                 let response = match request {
                     ControlRequest::Ping { nonce } => ControlResponse::Pong { nonce },
                     ControlRequest::Status => ControlResponse::Status(self.status.borrow().clone()),
+                    ControlRequest::WhoServes { sliver } => ControlResponse::Servers {
+                        sliver,
+                        peers: self
+                            .status
+                            .borrow()
+                            .directory
+                            .get(&sliver)
+                            .map(|v| v.iter().take(MAX_SERVERS).cloned().collect())
+                            .unwrap_or_default(),
+                    },
                 };
                 let _ = self.swarm.behaviour_mut().control.send_response(channel, response);
             }

@@ -21,7 +21,8 @@ struct Node {
 }
 
 async fn node(config: NetworkConfig, slivers: Vec<u16>, quic: bool) -> Node {
-    let (status, rx) = watch::channel(NodeStatus { run: 1, epoch: 2, slivers });
+    let (status, rx) =
+        watch::channel(NodeStatus { run: 1, epoch: 2, slivers, ..NodeStatus::default() });
     let (client, frames) = start(Keypair::generate_ed25519(), config, rx).unwrap();
     let listen = if quic { "/ip4/127.0.0.1/udp/0/quic-v1" } else { "/ip4/127.0.0.1/tcp/0" };
     let addr = client.listen(listen.parse().unwrap()).await.unwrap();
@@ -89,7 +90,28 @@ async fn frames_and_receipts_flow_both_ways_across_three_nodes() {
         a.client.request(b.client.peer_id(), ControlRequest::Ping { nonce: 99 }).await.unwrap();
     assert_eq!(pong, ControlResponse::Pong { nonce: 99 });
     let status = a.client.request(b.client.peer_id(), ControlRequest::Status).await.unwrap();
-    assert_eq!(status, ControlResponse::Status(NodeStatus { run: 1, epoch: 2, slivers: vec![1] }));
+    assert_eq!(
+        status,
+        ControlResponse::Status(NodeStatus {
+            run: 1,
+            epoch: 2,
+            slivers: vec![1],
+            ..NodeStatus::default()
+        })
+    );
+
+    // Who serves sliver 2? b knows c (and one entry that does not parse, which is dropped).
+    let c_record = sliver_p2p::PeerRecord {
+        peer_id: c.client.peer_id().to_string(),
+        addrs: vec![c.addr.to_string()],
+    };
+    let junk = sliver_p2p::PeerRecord { peer_id: "not a peer id".into(), addrs: vec![] };
+    b._status.send_modify(|s| {
+        s.directory.insert(2, vec![c_record, junk]);
+    });
+    let servers = a.client.who_serves(b.client.peer_id(), 2).await.unwrap();
+    assert_eq!(servers, vec![(c.client.peer_id(), vec![c.addr.clone()])]);
+    assert!(a.client.who_serves(b.client.peer_id(), 9).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,4 +214,40 @@ async fn a_peer_killed_mid_transfer_is_reported() {
         }
         other => panic!("expected the peer to be reported gone, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_known_only_to_a_neighbour_is_found_through_the_dht() {
+    let a = node(NetworkConfig::default(), vec![0], false).await;
+    let b = node(NetworkConfig::default(), vec![1], false).await;
+    let mut c = node(NetworkConfig::default(), vec![1], false).await;
+    // a and c each know only b.
+    a.client.dial(b.client.peer_id(), b.addr.clone()).await.unwrap();
+    c.client.dial(b.client.peer_id(), b.addr.clone()).await.unwrap();
+    let target = c.client.peer_id();
+    // identify runs on connection; give b a moment to learn c's listen address.
+    let mut found = Err(P2pError::Stopped);
+    for _ in 0..50 {
+        found = a.client.find_peer(target).await;
+        if found.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let addrs = found.expect("c is found through b");
+    assert!(
+        addrs.iter().any(|a| a.to_string().starts_with(&c.addr.to_string())),
+        "{addrs:?} should contain {}",
+        c.addr
+    );
+    a.client.dial(target, addrs[0].clone()).await.unwrap();
+    let (h, p) = activation([1, 2, 4], 5);
+    a.client.send_frame(target, &h, &p).await.unwrap();
+    assert_eq!(c.frames.recv().await.unwrap().peer, a.client.peer_id());
+    // An unknown peer is a clear error, not a hang.
+    let nobody = Keypair::generate_ed25519().public().to_peer_id();
+    let err = tokio::time::timeout(Duration::from_secs(60), a.client.find_peer(nobody))
+        .await
+        .expect("no hang");
+    assert!(err.unwrap_err().to_string().contains("not found"));
 }
