@@ -8,22 +8,27 @@
 //!   status) on request-response with explicit size limits (`/sliver/control/1`).
 //! - [`frame`]: the frame header (run, epoch, step, micro-batch, route, sliver, direction, codec,
 //!   shape, payload length and BLAKE3 hash) and every check a receiver applies.
+//! - [`control`]: control messages, including blob chunks (weights for merging, checkpoints)
+//!   and validators' audit requests; [`blobs`]: the bounded store of published blobs.
 //! - [`receipt`]: the receiver's signature over the header hash, returned for each accepted frame.
 //! - [`keys`]: the persisted ed25519 node key and the registry ownership signature.
 //!
 //! Status against the P2P issue and what is not built yet: `docs/p2p.md`.
 
+pub mod blobs;
+pub mod control;
 pub mod frame;
 pub mod keys;
 pub mod network;
 pub mod receipt;
 
-pub use frame::{Direction, FrameError, FrameHeader};
-pub use libp2p::{Multiaddr, PeerId};
-pub use network::{
-    start, Client, ControlRequest, ControlResponse, IncomingFrame, NetworkConfig, NodeStatus,
+pub use control::{
+    AuditAnswer, AuditRequest, AuditedFrame, ControlRequest, ControlResponse, NodeStatus,
     PeerRecord,
 };
+pub use frame::{Direction, FrameError, FrameHeader};
+pub use libp2p::{Multiaddr, PeerId};
+pub use network::{start, AuditQuery, Client, Inbound, IncomingFrame, NetworkConfig, Reachability};
 pub use receipt::{Receipt, Reply};
 
 /// Errors of the transport; each names the peer where one is involved, so callers can re-route.

@@ -2,20 +2,33 @@
 //! a channel and gets answers on oneshots (the shape of rust-libp2p's file-sharing example).
 //! Tensor frames bypass the swarm task: they travel on `libp2p-stream` streams opened from the
 //! client, with per-peer bounds on frames in flight, timeouts and full checks on receipt.
+//!
+//! Reachability: AutoNAT (v1) probes whether the node can be dialled from outside; a node that
+//! cannot listens through a relay (`listen_via_relay`, relay client), and DCUtR upgrades relayed
+//! connections to direct ones by hole punching. Any node can serve as a relay
+//! (`NetworkConfig::relay_server`; validators with public addresses do). mDNS finds peers on a
+//! LAN when enabled.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore, QueryId, QueryResult};
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
-use serde::{Deserialize, Serialize};
+use libp2p::{
+    autonat, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm,
+};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use crate::blobs::BlobStore;
+pub use crate::control::*;
 use crate::frame::{FrameError, FrameHeader, MAX_HEADER_LEN};
 use crate::receipt::{Receipt, Reply};
 use crate::P2pError;
@@ -46,6 +59,24 @@ pub struct NetworkConfig {
     pub max_strikes: u32,
     /// Frames waiting in the delivery queue before receivers stop reading (backpressure).
     pub delivery_queue: usize,
+    /// Header hashes remembered to deliver a frame once even when a retried stream sends it
+    /// twice.
+    pub dedup_window: usize,
+    /// Bytes of published blobs served at most (oldest dropped first).
+    pub max_blob_bytes: u64,
+    /// Audit requests waiting for the application before further ones are answered "busy".
+    pub audit_queue: usize,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Serve as a relay for nodes that cannot be dialled (validators with public addresses).
+    pub relay_server: bool,
+    /// Bytes one relayed connection may carry each way before the relay closes it.
+    pub relay_max_circuit_bytes: u64,
+    /// AutoNAT: only probe through, and answer probes of, peers at global IP addresses. Off for
+    /// loopback and LAN tests.
+    pub autonat_only_global: bool,
+    /// AutoNAT: wait this long after start before the first probe.
+    pub autonat_boot_delay: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -58,71 +89,16 @@ impl Default for NetworkConfig {
             max_control_bytes: 1 << 20,
             max_strikes: 5,
             delivery_queue: 64,
+            dedup_window: 4096,
+            max_blob_bytes: 1 << 30,
+            audit_queue: 16,
+            mdns: false,
+            relay_server: false,
+            relay_max_circuit_bytes: 256 << 20,
+            autonat_only_global: true,
+            autonat_boot_delay: Duration::from_secs(15),
         }
     }
-}
-
-/// Control requests (request-response, CBOR).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ControlRequest {
-    /// Liveness and round-trip time.
-    Ping {
-        /// Echoed back.
-        nonce: u64,
-    },
-    /// What the peer serves now.
-    Status,
-    /// The peers the node knows to serve `sliver` in the current run.
-    WhoServes {
-        /// Sliver index.
-        sliver: u16,
-    },
-}
-
-/// Control responses.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ControlResponse {
-    /// Answer to `Ping`.
-    Pong {
-        /// The request's nonce.
-        nonce: u64,
-    },
-    /// Answer to `Status`.
-    Status(NodeStatus),
-    /// Answer to `WhoServes`.
-    Servers {
-        /// The sliver asked about.
-        sliver: u16,
-        /// Its servers as the answering node knows them.
-        peers: Vec<PeerRecord>,
-    },
-}
-
-/// A peer and its addresses, as strings on the wire (parsed and checked by the receiver).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerRecord {
-    /// Base58 PeerId.
-    pub peer_id: String,
-    /// Multiaddrs.
-    pub addrs: Vec<String>,
-}
-
-/// Most servers accepted in one `Servers` answer, and addresses per server.
-pub const MAX_SERVERS: usize = 64;
-/// Most addresses accepted per server.
-pub const MAX_ADDRS: usize = 8;
-
-/// What a node says about itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// Training run.
-    pub run: u64,
-    /// Epoch.
-    pub epoch: u64,
-    /// Slivers this node serves.
-    pub slivers: Vec<u16>,
-    /// Servers of each sliver this node knows of (from the chain registry and its peers).
-    pub directory: std::collections::BTreeMap<u16, Vec<PeerRecord>>,
 }
 
 /// A frame that passed every check, delivered to the application.
@@ -136,6 +112,86 @@ pub struct IncomingFrame {
     pub payload: Vec<u8>,
 }
 
+/// What the application receives from the network.
+pub struct Inbound {
+    /// Tensor frames that passed every check, each delivered once.
+    pub frames: mpsc::Receiver<IncomingFrame>,
+    /// Validators' audit requests; answer each with [`AuditQuery::respond`].
+    pub audits: mpsc::Receiver<AuditQuery>,
+}
+
+/// An audit request waiting for the application's answer. Dropping it unanswered tells the
+/// asker the node has no answer.
+pub struct AuditQuery {
+    /// Who asks.
+    pub peer: PeerId,
+    /// What is asked.
+    pub request: AuditRequest,
+    channel: Option<ResponseChannel<ControlResponse>>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl AuditQuery {
+    /// Sends `answer` (`None`: the micro-batch is not kept) to the asker.
+    pub async fn respond(mut self, answer: Option<AuditAnswer>) {
+        let response = match answer {
+            Some(mut a) => {
+                a.frames.truncate(MAX_AUDIT_FRAMES);
+                ControlResponse::Audit(a)
+            }
+            None => ControlResponse::NotFound,
+        };
+        if let Some(channel) = self.channel.take() {
+            let _ = self.commands.send(Command::Respond { channel, response }).await;
+        }
+    }
+}
+
+impl Drop for AuditQuery {
+    fn drop(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            let response = ControlResponse::Error("the node has no answer".into());
+            let _ = self.commands.try_send(Command::Respond { channel, response });
+        }
+    }
+}
+
+/// Whether other nodes can dial this one, as AutoNAT and the relay client found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reachability {
+    /// Not known yet (no probe has finished; a probe needs connected peers).
+    Unknown,
+    /// Peers dialled this node back at this address.
+    Public(Multiaddr),
+    /// Peers could not dial this node back: it is behind NAT or a firewall.
+    Private,
+    /// Not reachable directly, but reachable through a relay at this circuit address.
+    Relayed(Multiaddr),
+}
+
+impl Reachability {
+    /// What to tell the operator.
+    pub fn advice(&self, listen_port: Option<u16>) -> String {
+        let port = listen_port.map(|p| p.to_string()).unwrap_or_else(|| "your listen".into());
+        match self {
+            Reachability::Public(a) => format!("reachable from outside at {a}"),
+            Reachability::Relayed(a) => format!(
+                "not reachable directly; reachable through a relay at {a}. Neighbours try a \
+                 direct connection by hole punching (DCUtR); forwarding TCP and UDP port {port} \
+                 on your router to this machine saves the relay's bandwidth"
+            ),
+            Reachability::Private => format!(
+                "NOT reachable from outside (behind NAT or a firewall). Forward TCP and UDP port \
+                 {port} on your router to this machine, or start with --relay <multiaddr of a \
+                 validator that relays> so neighbours can reach you through it"
+            ),
+            Reachability::Unknown => "reachability not known yet (no AutoNAT probe has \
+                 finished; it needs connected peers)"
+                .into(),
+        }
+    }
+}
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     stream: libp2p_stream::Behaviour,
@@ -143,6 +199,11 @@ struct Behaviour {
     identify: identify::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     ping: ping::Behaviour,
+    autonat: autonat::Behaviour,
+    relay_client: relay::client::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 enum Command {
@@ -153,6 +214,16 @@ enum Command {
     Listen {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<Multiaddr, P2pError>>,
+    },
+    Respond {
+        channel: ResponseChannel<ControlResponse>,
+        response: ControlResponse,
+    },
+    Connected {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    AddExternal {
+        addr: Multiaddr,
     },
     Dial {
         peer: PeerId,
@@ -180,15 +251,18 @@ pub struct Client {
     key: Keypair,
     config: NetworkConfig,
     outgoing: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>>,
+    blobs: Arc<Mutex<BlobStore>>,
+    reachability: watch::Receiver<Reachability>,
 }
 
 /// Starts a node with `key`: spawns the swarm task and the frame receiver. Returns the client
-/// and the queue of accepted frames. `status` is what the node answers to `Status` requests.
+/// and what the application must consume (accepted frames, audit requests). `status` is what
+/// the node answers to `Status` and `WhoServes` requests.
 pub fn start(
     key: Keypair,
     config: NetworkConfig,
     status: watch::Receiver<NodeStatus>,
-) -> Result<(Client, mpsc::Receiver<IncomingFrame>), P2pError> {
+) -> Result<(Client, Inbound), P2pError> {
     let codec = request_response::cbor::codec::Codec::default()
         .set_request_size_maximum(config.max_control_bytes)
         .set_response_size_maximum(config.max_control_bytes);
@@ -199,7 +273,9 @@ pub fn start(
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_quic()
-        .with_behaviour(|k| Behaviour {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| P2pError::Transport(e.to_string()))?
+        .with_behaviour(|k, relay_client| Behaviour {
             stream: libp2p_stream::Behaviour::new(),
             control: request_response::Behaviour::with_codec(
                 codec,
@@ -223,6 +299,39 @@ pub fn start(
                 kad
             },
             ping: ping::Behaviour::default(),
+            autonat: autonat::Behaviour::new(
+                k.public().to_peer_id(),
+                autonat::Config {
+                    only_global_ips: config.autonat_only_global,
+                    boot_delay: config.autonat_boot_delay,
+                    retry_interval: Duration::from_secs(30),
+                    ..autonat::Config::default()
+                },
+            ),
+            relay_client,
+            relay: Toggle::from(config.relay_server.then(|| {
+                relay::Behaviour::new(
+                    k.public().to_peer_id(),
+                    relay::Config {
+                        max_circuit_bytes: config.relay_max_circuit_bytes,
+                        max_circuit_duration: Duration::from_secs(30 * 60),
+                        ..relay::Config::default()
+                    },
+                )
+            })),
+            dcutr: dcutr::Behaviour::new(k.public().to_peer_id()),
+            mdns: Toggle::from(if config.mdns {
+                match mdns::tokio::Behaviour::new(mdns::Config::default(), k.public().to_peer_id())
+                {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mDNS is unavailable; LAN discovery is off");
+                        None
+                    }
+                }
+            } else {
+                None
+            }),
         })
         .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -232,11 +341,30 @@ pub fn start(
         .accept(TENSOR_PROTOCOL)
         .map_err(|_| P2pError::Transport("tensor protocol registered twice".into()))?;
     let (commands, rx) = mpsc::channel(64);
-    let (frames_tx, frames_rx) = mpsc::channel(config.delivery_queue.max(1));
-    tokio::spawn(SwarmTask::new(swarm, rx, status, config.max_strikes).run());
-    let client = Client { commands, streams, key, config, outgoing: Arc::default() };
+    let (frames_tx, frames) = mpsc::channel(config.delivery_queue.max(1));
+    let (audits_tx, audits) = mpsc::channel(config.audit_queue.max(1));
+    let (reach_tx, reachability) = watch::channel(Reachability::Unknown);
+    let blobs = Arc::new(Mutex::new(BlobStore::new(config.max_blob_bytes)));
+    let task = SwarmTask {
+        swarm,
+        commands: rx,
+        commands_tx: commands.clone(),
+        status,
+        max_strikes: config.max_strikes,
+        strikes: HashMap::new(),
+        listening: HashMap::new(),
+        dialing: HashMap::new(),
+        requests: HashMap::new(),
+        lookups: HashMap::new(),
+        blobs: blobs.clone(),
+        audits: audits_tx,
+        reachability: reach_tx,
+    };
+    tokio::spawn(task.run());
+    let client =
+        Client { commands, streams, key, config, outgoing: Arc::default(), blobs, reachability };
     tokio::spawn(receive_frames(client.clone(), incoming, frames_tx));
-    Ok((client, frames_rx))
+    Ok((client, Inbound { frames, audits }))
 }
 
 impl Client {
@@ -248,6 +376,142 @@ impl Client {
     /// Listens on `addr` (port 0 picks one); returns the address actually bound.
     pub async fn listen(&self, addr: Multiaddr) -> Result<Multiaddr, P2pError> {
         self.call(|reply| Command::Listen { addr, reply }).await?
+    }
+
+    /// Listens through the relay `relay` reachable at `relay_addr`: reserves a slot there and
+    /// returns the circuit address (`<relay_addr>/p2p/<relay>/p2p-circuit`) other nodes dial.
+    pub async fn listen_via_relay(
+        &self,
+        relay: PeerId,
+        relay_addr: Multiaddr,
+    ) -> Result<Multiaddr, P2pError> {
+        self.dial(relay, relay_addr.clone()).await?;
+        let circuit = relay_addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+        let timeout = self.config.request_timeout;
+        tokio::time::timeout(timeout, self.listen(circuit)).await.map_err(|_| {
+            P2pError::Transport(format!("relay {relay} did not grant a reservation in {timeout:?}"))
+        })?
+    }
+
+    /// Declares `addr` as an address other nodes can dial this node at (an operator's public
+    /// address). A relay serves reservations only once it has one, declared or confirmed by
+    /// AutoNAT.
+    pub async fn add_external_address(&self, addr: Multiaddr) -> Result<(), P2pError> {
+        self.commands.send(Command::AddExternal { addr }).await.map_err(|_| P2pError::Stopped)
+    }
+
+    /// Whether other nodes can dial this one (AutoNAT, relay reservations).
+    pub fn reachability(&self) -> Reachability {
+        self.reachability.borrow().clone()
+    }
+
+    /// Waits until reachability is known, at most `timeout`; returns what is known then.
+    pub async fn wait_reachability(&self, timeout: Duration) -> Reachability {
+        let mut rx = self.reachability.clone();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|r| *r != Reachability::Unknown)).await;
+        self.reachability()
+    }
+
+    /// The peers this node is connected to now.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, P2pError> {
+        self.call(|reply| Command::Connected { reply }).await
+    }
+
+    /// Publishes `bytes` for peers to fetch with [`Client::fetch_blob`]; returns their BLAKE3
+    /// hash. The store holds at most `max_blob_bytes` and drops the oldest blobs to make room.
+    pub fn publish_blob(&self, bytes: Vec<u8>) -> Result<[u8; 32], P2pError> {
+        let len = bytes.len();
+        let mut store = self.blobs.lock().map_err(|_| P2pError::Stopped)?;
+        store.insert(bytes).ok_or_else(|| {
+            P2pError::Transport(format!(
+                "a blob of {len} bytes is larger than the blob store ({} bytes)",
+                self.config.max_blob_bytes
+            ))
+        })
+    }
+
+    /// Stops serving the blob `hash`.
+    pub fn unpublish_blob(&self, hash: &[u8; 32]) {
+        if let Ok(mut store) = self.blobs.lock() {
+            store.remove(hash);
+        }
+    }
+
+    /// Fetches the blob `hash` from `peer` in chunks (four requests in flight) and checks its
+    /// hash. A blob longer than `max_len`, a chunk at the wrong offset or of the wrong size, or
+    /// bytes that do not hash to `hash` are errors naming the peer.
+    pub async fn fetch_blob(
+        &self,
+        peer: PeerId,
+        hash: [u8; 32],
+        max_len: u64,
+    ) -> Result<Vec<u8>, P2pError> {
+        let chunk = MAX_BLOB_CHUNK.min((self.config.max_control_bytes / 2) as u32).max(1);
+        let bad = |reason: String| P2pError::Request { peer, reason };
+        let (total, first) = self.blob_chunk(peer, hash, 0, chunk).await?;
+        if total > max_len {
+            return Err(bad(format!("blob is {total} bytes, more than the {max_len} allowed")));
+        }
+        let mut out = Vec::with_capacity(total as usize);
+        out.extend_from_slice(&first);
+        let offsets: Vec<u64> = (out.len() as u64..total).step_by(chunk as usize).collect();
+        let mut rest = futures::stream::iter(offsets)
+            .map(|offset| async move {
+                let (t, data) = self.blob_chunk(peer, hash, offset, chunk).await?;
+                if t != total {
+                    return Err(bad(format!("blob length changed from {total} to {t}")));
+                }
+                Ok(data)
+            })
+            .buffered(4);
+        while let Some(data) = rest.next().await {
+            out.extend_from_slice(&data?);
+        }
+        if out.len() as u64 != total || *blake3::hash(&out).as_bytes() != hash {
+            return Err(bad("blob bytes do not match their hash".into()));
+        }
+        Ok(out)
+    }
+
+    async fn blob_chunk(
+        &self,
+        peer: PeerId,
+        hash: [u8; 32],
+        offset: u64,
+        max_len: u32,
+    ) -> Result<(u64, Vec<u8>), P2pError> {
+        let bad = |reason: String| P2pError::Request { peer, reason };
+        match self.request(peer, ControlRequest::Blob { hash, offset, max_len }).await? {
+            ControlResponse::BlobChunk { total, offset: o, data } => {
+                let expected = total.saturating_sub(offset).min(max_len as u64);
+                if o != offset || data.len() as u64 != expected || (expected == 0 && offset < total)
+                {
+                    return Err(bad(format!(
+                        "chunk at {o} of {} bytes, asked for {offset} (blob of {total})",
+                        data.len()
+                    )));
+                }
+                Ok((total, data))
+            }
+            ControlResponse::NotFound => Err(bad("the peer does not serve that blob".into())),
+            other => Err(bad(format!("unexpected answer {}", short(&other)))),
+        }
+    }
+
+    /// Asks `peer` (a miner) for its account of one micro-batch.
+    pub async fn audit(
+        &self,
+        peer: PeerId,
+        request: AuditRequest,
+    ) -> Result<Option<AuditAnswer>, P2pError> {
+        match self.request(peer, ControlRequest::Audit(request)).await? {
+            ControlResponse::Audit(a) if a.frames.len() <= MAX_AUDIT_FRAMES => Ok(Some(a)),
+            ControlResponse::NotFound => Ok(None),
+            other => Err(P2pError::Request {
+                peer,
+                reason: format!("unexpected answer {}", short(&other)),
+            }),
+        }
     }
 
     /// Connects to `peer` at `addr`.
@@ -279,9 +543,10 @@ impl Client {
                     Some((id, addrs))
                 })
                 .collect()),
-            other => {
-                Err(P2pError::Request { peer, reason: format!("unexpected answer {other:?}") })
-            }
+            other => Err(P2pError::Request {
+                peer,
+                reason: format!("unexpected answer {}", short(&other)),
+            }),
         }
     }
 
@@ -394,6 +659,7 @@ async fn receive_frames(
     frames: mpsc::Sender<IncomingFrame>,
 ) {
     let limits: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
+    let seen = Arc::new(Mutex::new(Recent::new(client.config.dedup_window)));
     while let Some((peer, stream)) = incoming.next().await {
         let pool = match limits.lock() {
             Ok(mut m) => m
@@ -408,6 +674,7 @@ async fn receive_frames(
         };
         let client = client.clone();
         let frames = frames.clone();
+        let seen = seen.clone();
         tokio::spawn(async move {
             let mut stream = stream;
             // Busy is not misbehaviour: refused, but no strike.
@@ -428,7 +695,13 @@ async fn receive_frames(
             let outcome = match result {
                 Ok(Ok((header, payload))) => {
                     let hash = header.hash();
-                    if frames.send(IncomingFrame { peer, header, payload }).await.is_err() {
+                    // A sender retries a stream that was reset after delivery: sign again, but
+                    // deliver once.
+                    let fresh = seen.lock().map(|mut s| s.insert((peer, hash))).unwrap_or(true);
+                    if !fresh {
+                        tracing::debug!(%peer, "a frame delivered before arrived again");
+                        Ok(hash)
+                    } else if frames.send(IncomingFrame { peer, header, payload }).await.is_err() {
                         Err("receiver is shutting down".to_string())
                     } else {
                         Ok(hash)
@@ -449,6 +722,46 @@ async fn receive_frames(
             let _ = stream.write_all(&reply.encode()).await;
             let _ = stream.close().await;
         });
+    }
+}
+
+/// The last `cap` keys seen, for deduplication.
+struct Recent<K> {
+    cap: usize,
+    order: VecDeque<K>,
+    set: HashSet<K>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Recent<K> {
+    fn new(cap: usize) -> Self {
+        Recent { cap: cap.max(1), order: VecDeque::new(), set: HashSet::new() }
+    }
+
+    /// True if `key` was not among the last `cap` keys.
+    fn insert(&mut self, key: K) -> bool {
+        if !self.set.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// A response named for an error message, without its (possibly large) contents.
+fn short(r: &ControlResponse) -> String {
+    match r {
+        ControlResponse::Pong { .. } => "Pong".into(),
+        ControlResponse::Status(_) => "Status".into(),
+        ControlResponse::Servers { .. } => "Servers".into(),
+        ControlResponse::BlobChunk { .. } => "BlobChunk".into(),
+        ControlResponse::Audit(_) => "Audit".into(),
+        ControlResponse::NotFound => "NotFound".into(),
+        ControlResponse::Error(e) => format!("Error({})", e.chars().take(200).collect::<String>()),
     }
 }
 
@@ -475,35 +788,21 @@ async fn read_frame(
 struct SwarmTask {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
+    /// For audit queries, which answer through the task.
+    commands_tx: mpsc::Sender<Command>,
     status: watch::Receiver<NodeStatus>,
     max_strikes: u32,
     strikes: HashMap<PeerId, u32>,
-    listening: Vec<oneshot::Sender<Result<Multiaddr, P2pError>>>,
+    listening: HashMap<ListenerId, oneshot::Sender<Result<Multiaddr, P2pError>>>,
     dialing: HashMap<PeerId, Vec<oneshot::Sender<Result<(), P2pError>>>>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Result<ControlResponse, P2pError>>>,
     lookups: HashMap<QueryId, (PeerId, oneshot::Sender<Result<Vec<Multiaddr>, P2pError>>)>,
+    blobs: Arc<Mutex<BlobStore>>,
+    audits: mpsc::Sender<AuditQuery>,
+    reachability: watch::Sender<Reachability>,
 }
 
 impl SwarmTask {
-    fn new(
-        swarm: Swarm<Behaviour>,
-        commands: mpsc::Receiver<Command>,
-        status: watch::Receiver<NodeStatus>,
-        max_strikes: u32,
-    ) -> Self {
-        SwarmTask {
-            swarm,
-            commands,
-            status,
-            max_strikes,
-            strikes: HashMap::new(),
-            listening: Vec::new(),
-            dialing: HashMap::new(),
-            requests: HashMap::new(),
-            lookups: HashMap::new(),
-        }
-    }
-
     async fn run(mut self) {
         loop {
             tokio::select! {
@@ -523,7 +822,9 @@ impl SwarmTask {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
-                Ok(_) => self.listening.push(reply),
+                Ok(id) => {
+                    self.listening.insert(id, reply);
+                }
                 Err(e) => {
                     let _ = reply
                         .send(Err(P2pError::Transport(format!("cannot listen on {addr}: {e}"))));
@@ -559,15 +860,87 @@ impl SwarmTask {
                 let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 self.lookups.insert(id, (peer, reply));
             }
+            Command::Respond { channel, response } => {
+                let _ = self.swarm.behaviour_mut().control.send_response(channel, response);
+            }
+            Command::AddExternal { addr } => self.swarm.add_external_address(addr),
+            Command::Connected { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
             Command::Shutdown { .. } => {}
         }
     }
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                for reply in self.listening.drain(..) {
-                    let _ = reply.send(Ok(address.clone()));
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                if address.iter().any(|p| p == Protocol::P2pCircuit) {
+                    tracing::info!(%address, "listening through a relay");
+                    if !matches!(*self.reachability.borrow(), Reachability::Public(_)) {
+                        self.reachability.send_replace(Reachability::Relayed(address.clone()));
+                    }
+                }
+                if let Some(reply) = self.listening.remove(&listener_id) {
+                    let _ = reply.send(Ok(address));
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Some(reply) = self.listening.remove(&listener_id) {
+                    let why = match reason {
+                        Ok(()) => "listener closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    let _ = reply.send(Err(P2pError::Transport(format!("cannot listen: {why}"))));
+                }
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                if let Some(reply) = self.listening.remove(&listener_id) {
+                    let _ = reply.send(Err(P2pError::Transport(format!("cannot listen: {error}"))));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                let now = match new {
+                    autonat::NatStatus::Public(addr) => {
+                        self.swarm.add_external_address(addr.clone());
+                        Reachability::Public(addr)
+                    }
+                    autonat::NatStatus::Private => match &*self.reachability.borrow() {
+                        r @ Reachability::Relayed(_) => r.clone(),
+                        _ => Reachability::Private,
+                    },
+                    autonat::NatStatus::Unknown => Reachability::Unknown,
+                };
+                tracing::info!(reachability = ?now, "AutoNAT");
+                self.reachability.send_replace(now);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                tracing::debug!(?event, "relay client");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                tracing::debug!(?event, "relay server");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "direct connection by hole punching")
+                }
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed")
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    tracing::debug!(%peer, %addr, "found on the LAN (mDNS)");
+                    self.swarm.add_peer_address(peer, addr.clone());
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(peer);
+                    }
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
@@ -625,7 +998,7 @@ impl SwarmTask {
     fn on_control(&mut self, event: request_response::Event<ControlRequest, ControlResponse>) {
         use request_response::{Event, Message};
         match event {
-            Event::Message { message: Message::Request { request, channel, .. }, .. } => {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
                 let response = match request {
                     ControlRequest::Ping { nonce } => ControlResponse::Pong { nonce },
                     ControlRequest::Status => ControlResponse::Status(self.status.borrow().clone()),
@@ -639,6 +1012,32 @@ impl SwarmTask {
                             .map(|v| v.iter().take(MAX_SERVERS).cloned().collect())
                             .unwrap_or_default(),
                     },
+                    ControlRequest::Blob { hash, offset, max_len } => {
+                        let chunk = self
+                            .blobs
+                            .lock()
+                            .ok()
+                            .and_then(|s| s.chunk(&hash, offset, max_len.min(MAX_BLOB_CHUNK)));
+                        match chunk {
+                            Some((total, data)) => {
+                                ControlResponse::BlobChunk { total, offset, data }
+                            }
+                            None => ControlResponse::NotFound,
+                        }
+                    }
+                    ControlRequest::Audit(request) => {
+                        let query = AuditQuery {
+                            peer,
+                            request,
+                            channel: Some(channel),
+                            commands: self.commands_tx.clone(),
+                        };
+                        if let Err(e) = self.audits.try_send(query) {
+                            // Busy or not listening: the query's drop answers "no answer".
+                            tracing::debug!(%peer, "audit request not queued: {e}");
+                        }
+                        return;
+                    }
                 };
                 let _ = self.swarm.behaviour_mut().control.send_response(channel, response);
             }

@@ -23,7 +23,8 @@ struct Node {
 async fn node(config: NetworkConfig, slivers: Vec<u16>, quic: bool) -> Node {
     let (status, rx) =
         watch::channel(NodeStatus { run: 1, epoch: 2, slivers, ..NodeStatus::default() });
-    let (client, frames) = start(Keypair::generate_ed25519(), config, rx).unwrap();
+    let (client, inbound) = start(Keypair::generate_ed25519(), config, rx).unwrap();
+    let frames = inbound.frames;
     let listen = if quic { "/ip4/127.0.0.1/udp/0/quic-v1" } else { "/ip4/127.0.0.1/tcp/0" };
     let addr = client.listen(listen.parse().unwrap()).await.unwrap();
     Node { client, frames, addr, _status: status }

@@ -132,7 +132,7 @@ async fn frames_cross_a_shaped_link_between_namespaces() {
     let addr: libp2p::Multiaddr = parts.next().unwrap().parse().unwrap();
 
     let (_status, rx) = watch::channel(NodeStatus::default());
-    let (client, mut frames) =
+    let (client, mut inbound) =
         start(Keypair::generate_ed25519(), NetworkConfig::default(), rx).unwrap();
     client.listen(format!("/ip4/{net}.1/tcp/0").parse().unwrap()).await.unwrap();
     client.dial(peer, addr).await.unwrap();
@@ -157,8 +157,10 @@ async fn frames_cross_a_shaped_link_between_namespaces() {
     let forward = t.elapsed();
     let mut back = Vec::new();
     for _ in 0..8 {
-        let f =
-            tokio::time::timeout(Duration::from_secs(30), frames.recv()).await.unwrap().unwrap();
+        let f = tokio::time::timeout(Duration::from_secs(30), inbound.frames.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(f.peer, peer);
         assert_eq!(f.header.direction, Direction::Gradient);
         assert_eq!(f.payload, payload);

@@ -54,8 +54,8 @@ async fn p2p(payload: &[u8], count: usize, quic: bool) -> (Duration, f64) {
         start(Keypair::generate_ed25519(), NetworkConfig::default(), rx).expect("start")
     };
     let (a, _) = mk();
-    let (b, mut frames) = mk();
-    tokio::spawn(async move { while frames.recv().await.is_some() {} });
+    let (b, mut inbound) = mk();
+    tokio::spawn(async move { while inbound.frames.recv().await.is_some() {} });
     let listen = if quic { "/ip4/127.0.0.1/udp/0/quic-v1" } else { "/ip4/127.0.0.1/tcp/0" };
     let addr = b.listen(listen.parse().expect("addr")).await.expect("listen");
     a.dial(b.peer_id(), addr).await.expect("dial");

@@ -23,7 +23,7 @@ async fn main() {
         }
     };
     let (_status, rx) = watch::channel(NodeStatus::default());
-    let (client, mut frames) =
+    let (client, mut inbound) =
         match start(Keypair::generate_ed25519(), NetworkConfig::default(), rx) {
             Ok(v) => v,
             Err(e) => {
@@ -41,7 +41,7 @@ async fn main() {
     println!("READY {} {bound}", client.peer_id());
     let echo = client.clone();
     tokio::spawn(async move {
-        while let Some(f) = frames.recv().await {
+        while let Some(f) = inbound.frames.recv().await {
             let h = &f.header;
             let back = FrameHeader::for_payload(
                 h.run,

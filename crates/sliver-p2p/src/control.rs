@@ -1,0 +1,139 @@
+//! Control messages (`/sliver/control/1`, request-response with CBOR): ping, status, "who
+//! serves sliver k", chunks of published blobs (weights for merging, checkpoints) and
+//! validators' audit requests. Every message is bounded by the node's `max_control_bytes` on
+//! both sides; every field read from a peer is checked again by the receiver.
+
+use serde::{Deserialize, Serialize};
+
+/// Control requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Liveness and round-trip time.
+    Ping {
+        /// Echoed back.
+        nonce: u64,
+    },
+    /// What the peer serves now.
+    Status,
+    /// The peers the node knows to serve `sliver` in the current run.
+    WhoServes {
+        /// Sliver index.
+        sliver: u16,
+    },
+    /// A chunk of a blob the peer published (content-addressed by BLAKE3).
+    Blob {
+        /// BLAKE3 of the whole blob.
+        hash: [u8; 32],
+        /// First byte wanted.
+        offset: u64,
+        /// Most bytes wanted (the server sends at most [`MAX_BLOB_CHUNK`]).
+        max_len: u32,
+    },
+    /// A validator asks what a miner did for one micro-batch.
+    Audit(AuditRequest),
+}
+
+/// Control responses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    /// Answer to `Ping`.
+    Pong {
+        /// The request's nonce.
+        nonce: u64,
+    },
+    /// Answer to `Status`.
+    Status(NodeStatus),
+    /// Answer to `WhoServes`.
+    Servers {
+        /// The sliver asked about.
+        sliver: u16,
+        /// Its servers as the answering node knows them.
+        peers: Vec<PeerRecord>,
+    },
+    /// Answer to `Blob`.
+    BlobChunk {
+        /// Length of the whole blob.
+        total: u64,
+        /// Offset of `data` in the blob.
+        offset: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Answer to `Audit`.
+    Audit(AuditAnswer),
+    /// The peer does not have what was asked for (an unknown blob, a micro-batch it no longer
+    /// keeps).
+    NotFound,
+    /// The peer could not answer (busy, shutting down), with its reason.
+    Error(String),
+}
+
+/// A peer and its addresses, as strings on the wire (parsed and checked by the receiver).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// Base58 PeerId.
+    pub peer_id: String,
+    /// Multiaddrs.
+    pub addrs: Vec<String>,
+}
+
+/// Most servers accepted in one `Servers` answer, and addresses per server.
+pub const MAX_SERVERS: usize = 64;
+/// Most addresses accepted per server.
+pub const MAX_ADDRS: usize = 8;
+/// Largest blob chunk a node sends in one response.
+pub const MAX_BLOB_CHUNK: u32 = 512 << 10;
+/// Most frames one audit answer may list.
+pub const MAX_AUDIT_FRAMES: usize = 64;
+
+/// What a node says about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Training run.
+    pub run: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// Slivers this node serves.
+    pub slivers: Vec<u16>,
+    /// Servers of each sliver this node knows of (from the chain registry and its peers).
+    pub directory: std::collections::BTreeMap<u16, Vec<PeerRecord>>,
+}
+
+/// Which micro-batch a validator audits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuditRequest {
+    /// Training run.
+    pub run: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// Optimiser step within the epoch.
+    pub step: u64,
+    /// Micro-batch within the step.
+    pub micro_batch: u64,
+}
+
+/// A miner's account of one micro-batch: enough for a validator to fetch the inputs and the
+/// weights, recompute the sliver's work and compare it with what the neighbours accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnswer {
+    /// BLAKE3 of the weights snapshot the micro-batch was computed with; the miner serves it
+    /// as a blob.
+    pub weights: [u8; 32],
+    /// The frames of this micro-batch the miner received and sent.
+    pub frames: Vec<AuditedFrame>,
+}
+
+/// One frame in an audit answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditedFrame {
+    /// The encoded frame header (its BLAKE3 is what receipts sign; it names the payload's hash).
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    /// For a frame the miner sent: the receipt bytes (`Reply::Accepted` encoding) its neighbour
+    /// signed. `None` for a frame it received.
+    #[serde(with = "serde_bytes")]
+    pub receipt: Option<Vec<u8>>,
+    /// True if the payload is published as a blob under the hash named in the header.
+    pub payload_published: bool,
+}
