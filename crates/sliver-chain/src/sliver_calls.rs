@@ -3,8 +3,40 @@
 use crate::{rpc, sliver, AccountId, Balance, ChainClient, ChainError, Keypair};
 use subxt::{ext::codec::Encode, utils::H256};
 
+pub use sliver::runtime_types::pallet_sliver_clock::types::{HyperParams, ModelConfig};
 pub use sliver::runtime_types::pallet_sliver_registry::{Backend, HardwareProfile};
+pub use sliver::runtime_types::pallet_sliver_rewards::Commitment;
 pub use sliver::runtime_types::sliver_primitives::{EpochInfo, Phase, Role};
+
+/// A registered participant as off-chain programs need it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Participant {
+    /// Its slot.
+    pub uid: Uid,
+    /// Its account.
+    pub account: AccountId,
+    /// Miner or validator.
+    pub role: Role,
+    /// Its libp2p ed25519 public key (the PeerId is derived from it).
+    pub peer_key: [u8; 32],
+    /// The addresses it declared (multiaddrs as text; invalid UTF-8 is dropped).
+    pub addresses: Vec<String>,
+}
+
+/// The training run in force: its id and parameters.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunInfo {
+    /// Run id.
+    pub id: u32,
+    /// Model architecture.
+    pub model: ModelConfig,
+    /// Number of slivers.
+    pub num_slivers: u16,
+    /// Dataset identifier (text as declared).
+    pub dataset_id: String,
+    /// Optimiser settings.
+    pub hyper: HyperParams,
+}
 
 /// Index of a registration slot.
 pub type Uid = u16;
@@ -76,22 +108,120 @@ impl ChainClient {
         hardware: HardwareProfile,
     ) -> Result<Uid, ChainError> {
         use ed25519_dalek::Signer;
+        let peer_key = peer.verifying_key().to_bytes();
+        let sign = |m: &[u8]| peer.sign(m).to_bytes();
+        self.register_signed(signer, role, peer_key, sign, addresses, hardware).await
+    }
+
+    /// Like [`ChainClient::register`], with the libp2p key held elsewhere: `sign` signs the
+    /// registration message with the ed25519 key whose public half is `peer_key`.
+    pub async fn register_signed(
+        &self,
+        signer: &Keypair,
+        role: Role,
+        peer_key: [u8; 32],
+        sign: impl FnOnce(&[u8]) -> [u8; 64],
+        addresses: &[String],
+        hardware: HardwareProfile,
+    ) -> Result<Uid, ChainError> {
         let who = crate::account_of(signer);
         let nonce = self.registration_nonce(&who).await?;
-        let signature = peer.sign(&registration_message(&who, self.genesis_hash(), nonce));
+        let signature = sign(&registration_message(&who, self.genesis_hash(), nonce));
         let addresses = bounded(addresses.iter().map(|a| bounded(a.as_bytes().to_vec())).collect());
-        let call = sliver::tx().sliver_registry().register(
-            role,
-            peer.verifying_key().to_bytes(),
-            signature.to_bytes(),
-            addresses,
-            hardware,
-        );
+        let call =
+            sliver::tx().sliver_registry().register(role, peer_key, signature, addresses, hardware);
         self.submit_and_finalize(&call, signer, "sliver_registry.register").await?;
         self.uid_of(&who).await?.ok_or_else(|| ChainError::Transaction {
             what: "sliver_registry.register".into(),
             reason: "finalized, but the account holds no uid".into(),
         })
+    }
+
+    /// Gives up `signer`'s uid (the deposit unbonds over the chain's unbonding period).
+    pub async fn deregister(&self, signer: &Keypair) -> Result<(), ChainError> {
+        let call = sliver::tx().sliver_registry().deregister();
+        self.submit_and_finalize(&call, signer, "sliver_registry.deregister").await.map(|_| ())
+    }
+
+    /// Every registered participant at the latest finalized block, by uid.
+    pub async fn participants(&self) -> Result<Vec<Participant>, ChainError> {
+        let at = self.api().at_current_block().await.map_err(rpc)?;
+        let entry =
+            at.storage().entry(sliver::storage().sliver_registry().registrations()).map_err(rpc)?;
+        let mut iter = entry.iter(()).await.map_err(rpc)?;
+        let mut out = Vec::new();
+        while let Some(kv) = iter.next().await {
+            let kv = kv.map_err(rpc)?;
+            let (uid,) = kv.key().map_err(rpc)?.decode().map_err(rpc)?;
+            let r = kv.value().decode().map_err(rpc)?;
+            out.push(Participant {
+                uid,
+                account: r.account,
+                role: r.role,
+                peer_key: r.peer_key,
+                addresses: r
+                    .addresses
+                    .0
+                    .into_iter()
+                    .filter_map(|a| String::from_utf8(a.0).ok())
+                    .collect(),
+            });
+        }
+        out.sort_by_key(|p| p.uid);
+        Ok(out)
+    }
+
+    /// The sliver assignment `(uid, sliver)` of the current epoch at the best block.
+    pub async fn assignments(&self) -> Result<Vec<(Uid, u16)>, ChainError> {
+        let (_, hash) = self.best_block().await?;
+        let at = self.api().at_block(hash).await.map_err(rpc)?;
+        at.runtime_apis().call(sliver::runtime_apis().sliver_api().assignments()).await.map_err(rpc)
+    }
+
+    /// The active training run at the latest finalized block, if any.
+    pub async fn training_run(&self) -> Result<Option<RunInfo>, ChainError> {
+        let at = self.api().at_current_block().await.map_err(rpc)?;
+        let active =
+            at.storage().entry(sliver::storage().sliver_clock().active_run()).map_err(rpc)?;
+        let Some(id) = active.try_fetch(()).await.map_err(rpc)? else { return Ok(None) };
+        let id: u32 = id.decode().map_err(rpc)?;
+        let runs =
+            at.storage().entry(sliver::storage().sliver_clock().training_runs()).map_err(rpc)?;
+        let Some(run) = runs.try_fetch((id,)).await.map_err(rpc)? else { return Ok(None) };
+        let run = run.decode().map_err(rpc)?;
+        Ok(Some(RunInfo {
+            id,
+            model: run.model,
+            num_slivers: run.num_slivers,
+            dataset_id: String::from_utf8_lossy(&run.dataset_id.0).into_owned(),
+            hyper: run.hyper,
+        }))
+    }
+
+    /// Publishes the commitment to `signer`'s sliver weights after a merge: their BLAKE3 `hash`
+    /// (the blob peers fetch), `size` in bytes and the training `step`.
+    pub async fn publish_weight_commitment(
+        &self,
+        signer: &Keypair,
+        hash: [u8; 32],
+        size: u64,
+        step: u64,
+    ) -> Result<H256, ChainError> {
+        let call = sliver::tx().sliver_rewards().publish_weight_commitment(H256(hash), size, step);
+        self.submit_and_finalize(&call, signer, "sliver_rewards.publish_weight_commitment").await
+    }
+
+    /// The latest weight commitment of miner `uid` at the latest finalized block.
+    pub async fn weight_commitment(&self, uid: Uid) -> Result<Option<Commitment<u32>>, ChainError> {
+        let at = self.api().at_current_block().await.map_err(rpc)?;
+        let entry = at
+            .storage()
+            .entry(sliver::storage().sliver_rewards().weight_commitments())
+            .map_err(rpc)?;
+        match entry.try_fetch((uid,)).await.map_err(rpc)? {
+            Some(v) => Ok(Some(v.decode().map_err(rpc)?)),
+            None => Ok(None),
+        }
     }
 
     /// Bonds `amount` more validator stake.

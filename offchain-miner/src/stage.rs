@@ -1,0 +1,431 @@
+//! One miner's pipeline stage over the network: the networked counterpart of the engine's
+//! in-process `Pipeline`.
+//!
+//! - The **first** sliver drives: for each optimiser step it builds `micro_batches` micro-batches
+//!   by the engine's deterministic sampling (key: run, epoch, route, step, index), sends each
+//!   activation to a miner of the next sliver, then waits for the gradients to come back and
+//!   steps. A gradient that does not come back within `grad_timeout` (neighbour gone) drops that
+//!   micro-batch and is counted; it never hangs the stage.
+//! - A **middle** sliver forwards activations to the next sliver and gradients back to the
+//!   miner the activation came from.
+//! - The **last** sliver rebuilds the targets from the same key (every miner holds the dataset,
+//!   so no tokens cross the network), computes the loss and sends the gradient back at once.
+//!
+//! Frames name the sender's sliver, the route (the data replica of the first sliver's miner),
+//! the step and the micro-batch; anything else from a peer (wrong run or epoch, wrong sliver,
+//! wrong shape, a gradient for nothing pending) is refused and counted, never a panic.
+//!
+//! Differences from the in-process pipeline, which is bitwise equal to the monolithic model:
+//! each sliver clips its own gradient norm, and embeddings are untied across machines (the
+//! tied-gradient exchange between the first and last sliver is not on the wire yet).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sliver_engine::codec::{decode_tensor, encode_tensor};
+use sliver_engine::data::{BatchKey, Dataset, Split};
+use sliver_engine::optim::LrSchedule;
+use sliver_engine::{EngineError, SliverInput, SliverTrainer};
+use sliver_p2p::{Client, Direction, FrameHeader, IncomingFrame, P2pError, PeerId};
+use sliver_wire::WireCodec;
+use tokio::sync::mpsc;
+
+/// What a stage needs to know about the run it trains in.
+#[derive(Clone, Debug)]
+pub struct StageConfig {
+    /// Training run (from the chain).
+    pub run: u64,
+    /// Epoch (from the chain).
+    pub epoch: u64,
+    /// Data replica of the first sliver's miner; the route of every frame it starts.
+    pub route: u64,
+    /// Micro-batches per optimiser step (per route for slivers after the first).
+    pub micro_batches: u64,
+    /// Rows per micro-batch.
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// Codec of the activations and gradients this stage sends.
+    pub codec: WireCodec,
+    /// Learning-rate schedule over optimiser steps.
+    pub lr: LrSchedule,
+    /// Largest gradient norm of this sliver (0: no clipping).
+    pub clip: f64,
+    /// How long the first sliver waits for a micro-batch's gradient.
+    pub grad_timeout: Duration,
+}
+
+/// What one optimiser step did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepReport {
+    /// Optimiser steps taken so far, this one included.
+    pub steps: u64,
+    /// Micro-batches that completed forward and backward.
+    pub completed: u64,
+    /// Micro-batches dropped (neighbour gone or too slow).
+    pub dropped: u64,
+    /// Mean loss of the step (last sliver only).
+    pub loss: Option<f32>,
+    /// Tokens trained in this step.
+    pub tokens: u64,
+}
+
+/// Errors of a stage.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The engine refused (bad shape, diverged, schedule).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The network failed in a way the stage cannot route around.
+    #[error(transparent)]
+    P2p(#[from] P2pError),
+    /// A stage was asked to do what its sliver does not do.
+    #[error("{0}")]
+    Role(String),
+    /// The frame queue closed: the network task stopped.
+    #[error("the network stopped")]
+    Stopped,
+}
+
+/// Counters a stage keeps for the status line and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct StageCounters {
+    /// Frames sent (activations and gradients).
+    pub frames_sent: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Frames refused as not fitting the schedule (stale, wrong sliver, nothing pending).
+    pub frames_refused: u64,
+    /// Micro-batches dropped.
+    pub dropped: u64,
+    /// Tokens trained.
+    pub tokens: u64,
+}
+
+type Key = (u64, u64, u64); // route, step, micro-batch
+
+/// One sliver's trainer wired to the network.
+pub struct Stage {
+    /// The engine's trainer of this sliver.
+    pub trainer: SliverTrainer,
+    client: Client,
+    data: Arc<Dataset>,
+    cfg: StageConfig,
+    steps: u64,
+    done: u64,
+    dropped: u64,
+    losses: Vec<f32>,
+    ids: HashMap<Key, u64>,
+    next_id: u64,
+    origin: HashMap<Key, PeerId>,
+    /// Counters since start.
+    pub counters: StageCounters,
+}
+
+impl Stage {
+    /// A stage training `trainer`'s sliver with `client`, reading tokens from `data`.
+    pub fn new(
+        trainer: SliverTrainer,
+        client: Client,
+        data: Arc<Dataset>,
+        cfg: StageConfig,
+    ) -> Self {
+        Stage {
+            trainer,
+            client,
+            data,
+            cfg,
+            steps: 0,
+            done: 0,
+            dropped: 0,
+            losses: Vec::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            origin: HashMap::new(),
+            counters: StageCounters::default(),
+        }
+    }
+
+    /// Optimiser steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The run settings.
+    pub fn config(&self) -> &StageConfig {
+        &self.cfg
+    }
+
+    /// Moves to `epoch`: frames of other epochs are refused from now on.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.cfg.epoch = epoch;
+    }
+
+    fn index(&self) -> u16 {
+        self.trainer.spec.index as u16
+    }
+
+    fn key_of(&self, step: u64, index: u64) -> BatchKey {
+        BatchKey { run: self.cfg.run, epoch: self.cfg.epoch, replica: self.cfg.route, step, index }
+    }
+
+    fn width(&self) -> usize {
+        self.trainer.model_config().d_model
+    }
+
+    fn id_for(&mut self, key: Key) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ids.insert(key, id);
+        id
+    }
+
+    async fn send(
+        &mut self,
+        peer: PeerId,
+        key: Key,
+        direction: Direction,
+        payload: Vec<u8>,
+    ) -> Result<(), P2pError> {
+        let (route, step, mb) = key;
+        let header = FrameHeader::for_payload(
+            self.cfg.run,
+            self.cfg.epoch,
+            step,
+            mb,
+            route,
+            self.index(),
+            direction,
+            &payload,
+        )
+        .map_err(P2pError::Frame)?;
+        self.client.send_frame(peer, &header, &payload).await?;
+        self.counters.frames_sent += 1;
+        self.counters.bytes_sent += payload.len() as u64;
+        Ok(())
+    }
+
+    /// One optimiser step of the first sliver: `micro_batches` forwards sent to `next`, their
+    /// gradients awaited (at most `grad_timeout` each), the backward passes, the step.
+    pub async fn first_step(
+        &mut self,
+        next: PeerId,
+        frames: &mut mpsc::Receiver<IncomingFrame>,
+    ) -> Result<StepReport, StageError> {
+        if !self.trainer.spec.is_first() || self.trainer.spec.is_last() {
+            return Err(StageError::Role("first_step is for the first of several slivers".into()));
+        }
+        let step = self.steps;
+        let (batch, seq) = (self.cfg.batch, self.cfg.seq);
+        let mut pending = HashSet::new();
+        let mut dropped = 0;
+        for mb in 0..self.cfg.micro_batches {
+            let tokens = self.data.micro_batch(Split::Train, self.key_of(step, mb), batch, seq)?;
+            let key = (self.cfg.route, step, mb);
+            let id = self.id_for(key);
+            let input = SliverInput::Tokens(self.trainer.tokens(&tokens.inputs, batch, seq)?);
+            let out = tokio::task::block_in_place(|| self.trainer.forward(id, input))?;
+            let payload = encode_tensor(self.cfg.codec, &out);
+            match self.send(next, key, Direction::Activation, payload).await {
+                Ok(()) => {
+                    pending.insert(key);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %next, error = %e, "activation not delivered; micro-batch dropped");
+                    self.trainer.abandon(id);
+                    self.ids.remove(&key);
+                    dropped += 1;
+                }
+            }
+        }
+        let mut completed = 0;
+        while !pending.is_empty() {
+            let frame = match tokio::time::timeout(self.cfg.grad_timeout, frames.recv()).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err(StageError::Stopped),
+                Err(_) => {
+                    tracing::warn!(
+                        missing = pending.len(),
+                        "gradients did not come back in {:?}; micro-batches dropped",
+                        self.cfg.grad_timeout
+                    );
+                    break;
+                }
+            };
+            let h = &frame.header;
+            let key = (h.route, h.step, h.micro_batch);
+            if frame.peer != next
+                || h.direction != Direction::Gradient
+                || !self.current(h)
+                || !pending.remove(&key)
+            {
+                self.refuse(&frame, "not a gradient this step waits for");
+                continue;
+            }
+            let id = self.ids.remove(&key).unwrap_or(u64::MAX);
+            let shape = [batch, seq, self.width()];
+            match decode_tensor(&frame.payload, shape, self.trainer.device()) {
+                Ok(g) => {
+                    tokio::task::block_in_place(|| self.trainer.backward(id, g))?;
+                    completed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %frame.peer, error = %e, "bad gradient; micro-batch dropped");
+                    self.trainer.abandon(id);
+                }
+            }
+        }
+        for key in pending {
+            if let Some(id) = self.ids.remove(&key) {
+                self.trainer.abandon(id);
+            }
+            dropped += 1;
+        }
+        self.dropped += dropped;
+        self.done = completed;
+        Ok(self.optimiser_step())
+    }
+
+    /// Handles one frame on a sliver after the first (`next`: a miner of the following
+    /// sliver, `None` on the last). Returns a report when an optimiser step was taken.
+    pub async fn handle(
+        &mut self,
+        frame: IncomingFrame,
+        next: Option<PeerId>,
+    ) -> Result<Option<StepReport>, StageError> {
+        if self.trainer.spec.is_first() {
+            return Err(StageError::Role("the first sliver drives with first_step".into()));
+        }
+        let h = frame.header.clone();
+        let key = (h.route, h.step, h.micro_batch);
+        let (batch, seq, width) = (self.cfg.batch, self.cfg.seq, self.width());
+        if !self.current(&h) {
+            self.refuse(&frame, "another run or epoch");
+            return Ok(None);
+        }
+        match h.direction {
+            Direction::Activation if h.sliver + 1 == self.index() => {
+                let in_width = self.trainer.sliver.input_width().unwrap_or(width);
+                let x = match decode_tensor(
+                    &frame.payload,
+                    [batch, seq, in_width],
+                    self.trainer.device(),
+                ) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        self.refuse(&frame, &e.to_string());
+                        return Ok(None);
+                    }
+                };
+                if self.trainer.spec.is_last() {
+                    let data_key =
+                        BatchKey { replica: h.route, ..self.key_of(h.step, h.micro_batch) };
+                    let mb = self.data.micro_batch(Split::Train, data_key, batch, seq)?;
+                    let targets = self.trainer.tokens(&mb.targets, batch, seq)?;
+                    let scale = 1.0 / self.cfg.micro_batches.max(1) as f32;
+                    let (loss, grad) = tokio::task::block_in_place(|| {
+                        self.trainer.forward_backward_last(SliverInput::Hidden(x), targets, scale)
+                    })?;
+                    self.losses.push(loss);
+                    if let Some(g) = grad {
+                        let payload = encode_tensor(self.cfg.codec, &g);
+                        if let Err(e) =
+                            self.send(frame.peer, key, Direction::Gradient, payload).await
+                        {
+                            tracing::warn!(peer = %frame.peer, error = %e, "gradient not delivered");
+                        }
+                    }
+                    self.done += 1;
+                } else {
+                    let Some(next) = next else {
+                        return Err(StageError::Role("a middle sliver needs a next peer".into()));
+                    };
+                    let id = self.id_for(key);
+                    let out = tokio::task::block_in_place(|| {
+                        self.trainer.forward(id, SliverInput::Hidden(x))
+                    })?;
+                    let payload = encode_tensor(self.cfg.codec, &out);
+                    match self.send(next, key, Direction::Activation, payload).await {
+                        Ok(()) => {
+                            self.origin.insert(key, frame.peer);
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %next, error = %e, "activation not delivered; micro-batch dropped");
+                            self.trainer.abandon(id);
+                            self.ids.remove(&key);
+                            self.dropped += 1;
+                        }
+                    }
+                    return Ok(None);
+                }
+            }
+            Direction::Gradient if h.sliver == self.index() + 1 && !self.trainer.spec.is_last() => {
+                let (Some(id), Some(origin)) = (self.ids.remove(&key), self.origin.remove(&key))
+                else {
+                    self.refuse(&frame, "a gradient for no pending micro-batch");
+                    return Ok(None);
+                };
+                let g =
+                    match decode_tensor(&frame.payload, [batch, seq, width], self.trainer.device())
+                    {
+                        Ok(g) => g,
+                        Err(e) => {
+                            self.trainer.abandon(id);
+                            self.refuse(&frame, &e.to_string());
+                            return Ok(None);
+                        }
+                    };
+                if let Some(grad_in) = tokio::task::block_in_place(|| self.trainer.backward(id, g))?
+                {
+                    let payload = encode_tensor(self.cfg.codec, &grad_in);
+                    if let Err(e) = self.send(origin, key, Direction::Gradient, payload).await {
+                        tracing::warn!(peer = %origin, error = %e, "gradient not delivered");
+                    }
+                }
+                self.done += 1;
+            }
+            _ => {
+                self.refuse(&frame, "a frame for another sliver");
+                return Ok(None);
+            }
+        }
+        if self.done >= self.cfg.micro_batches {
+            return Ok(Some(self.optimiser_step()));
+        }
+        Ok(None)
+    }
+
+    fn current(&self, h: &FrameHeader) -> bool {
+        h.run == self.cfg.run && h.epoch == self.cfg.epoch
+    }
+
+    fn refuse(&mut self, frame: &IncomingFrame, why: &str) {
+        self.counters.frames_refused += 1;
+        tracing::debug!(peer = %frame.peer, step = frame.header.step, mb = frame.header.micro_batch, "frame ignored: {why}");
+    }
+
+    fn optimiser_step(&mut self) -> StepReport {
+        let completed = self.done;
+        let dropped = std::mem::take(&mut self.dropped);
+        if completed > 0 {
+            let norm = self.trainer.grad_squares().iter().sum::<f64>().sqrt();
+            let factor = if self.cfg.clip > 0.0 && norm > self.cfg.clip {
+                self.cfg.clip / norm
+            } else {
+                1.0
+            };
+            let lr = self.cfg.lr.at(self.steps);
+            tokio::task::block_in_place(|| self.trainer.step(lr, factor));
+            self.steps += 1;
+        }
+        self.done = 0;
+        let loss = (!self.losses.is_empty())
+            .then(|| self.losses.iter().sum::<f32>() / self.losses.len() as f32);
+        self.losses.clear();
+        let tokens = completed * (self.cfg.batch * self.cfg.seq) as u64;
+        self.counters.tokens += tokens;
+        self.counters.dropped += dropped;
+        StepReport { steps: self.steps, completed, dropped, loss, tokens }
+    }
+}
