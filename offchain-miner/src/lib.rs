@@ -6,6 +6,17 @@
 //!   the engine's in-process pipeline (activations forward, gradients back, optimiser steps,
 //!   neighbours that vanish counted and routed around rather than waited for).
 //!
+//! - [`run`]: `sliver-miner run`: the chain follower, the P2P node, the training loop, merges
+//!   with replicas at epoch boundaries and weight commitments on chain.
+//! - [`merge`]: pseudo-gradients and weights over the network; [`config`], [`keys`] and
+//!   [`availability`]: the operator's side (TOML configuration, accounts and node keys, idle
+//!   windows).
+//!
 //! Status against the miner issue: `docs/miner.md`.
 
+pub mod availability;
+pub mod config;
+pub mod keys;
+pub mod merge;
+pub mod run;
 pub mod stage;

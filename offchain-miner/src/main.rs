@@ -1,28 +1,238 @@
 //! # sliver-miner
 //!
-//! The program a miner operator runs. For now it is the thin first step of the miner: it
-//! connects to a Sliver node and follows the finalized head. Training, the P2P pipeline and
-//! payouts arrive with the miner issue; the chain client it uses is already the real one.
+//! The program a miner operator runs: `keys` (create or show the account and the node key),
+//! `register` (the registry pallet, with the PeerId ownership proof), `run` (train the assigned
+//! sliver with its neighbours), `status` and `deregister`. Configuration comes from a TOML
+//! file (`--config`), overridden by flags and `SLIVER_*` environment variables; the defaults
+//! work against a local development node.
 
-use clap::Parser;
-use std::time::Duration;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use sliver_chain::{Backend, ChainClient, HardwareProfile, Role};
+use sliver_miner::config::MinerConfig;
+use sliver_miner::keys;
+use sliver_miner::run::{run, RunOptions};
 
 /// Sliver miner: trains one sliver of a language model and gets paid for verified work.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// WebSocket RPC endpoint of a Sliver node.
-    #[arg(long, env = "SLIVER_RPC_URL", default_value = sliver_chain::DEFAULT_RPC_URL)]
-    rpc_url: String,
-    /// Stop after printing this many finalized heads (default: follow forever).
-    #[arg(long)]
-    heads: Option<u64>,
+    /// TOML configuration file.
+    #[arg(long, short, env = "SLIVER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// WebSocket RPC endpoint of a Sliver node [default: ws://127.0.0.1:9944].
+    #[arg(long, env = "SLIVER_RPC_URL", global = true)]
+    rpc_url: Option<String>,
+    /// Data directory (node key, account key, checkpoints) [default: ~/.local/share/sliver-miner].
+    #[arg(long, env = "SLIVER_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// The account: a secret URI (//Alice, 0x<seed>), a mnemonic phrase or a key file.
+    #[arg(long, env = "SLIVER_ACCOUNT", global = true, hide_env_values = true)]
+    account: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the account and node key (PeerId); `--generate` creates a new account key file.
+    Keys {
+        /// Create `<data-dir>/account.key` with a fresh random seed if it does not exist.
+        #[arg(long)]
+        generate: bool,
+    },
+    /// Register as a miner (holds the registration deposit).
+    Register {
+        /// Address others dial, as a multiaddr (repeatable) [default: the listen address].
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        /// Self-measured throughput in tokens per second (used to balance slivers).
+        #[arg(long, default_value_t = 5_000)]
+        throughput: u64,
+        /// Memory available for training, MiB.
+        #[arg(long, default_value_t = 8_192)]
+        memory_mib: u32,
+    },
+    /// Train the assigned sliver until stopped.
+    Run {
+        /// libp2p listen address [default: /ip4/0.0.0.0/tcp/30555].
+        #[arg(long, env = "SLIVER_LISTEN")]
+        listen: Option<String>,
+        /// The training text (file, directory of .txt files, or JSON Lines).
+        #[arg(long, env = "SLIVER_DATA")]
+        data: Option<PathBuf>,
+        /// Burn device: flex (CPU), wgpu, cuda.
+        #[arg(long)]
+        device: Option<String>,
+        /// Wire codec of activations and gradients: f32, bf16, int8.
+        #[arg(long)]
+        codec: Option<String>,
+        /// Prometheus metrics port on 127.0.0.1 (0: off).
+        #[arg(long)]
+        metrics_port: Option<u16>,
+        /// Listen through this relay (a validator's multiaddr ending in /p2p/<peer id>).
+        #[arg(long)]
+        relay: Option<String>,
+        /// Turn mDNS LAN discovery off.
+        #[arg(long)]
+        no_mdns: bool,
+        /// Stop after this many epoch boundaries.
+        #[arg(long)]
+        epochs: Option<u64>,
+    },
+    /// Show registration, assignment, balance and the latest weight commitment.
+    Status,
+    /// Give up the uid (the deposit unbonds over the chain's unbonding period).
+    Deregister,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let client = sliver_chain::ChainClient::connect(&args.rpc_url).await?;
-    sliver_chain::print_heads(&client, "miner", Duration::from_millis(500), args.heads).await?;
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p=warn,sliver_p2p=warn".into()),
+        )
+        .init();
+    if let Err(e) = real_main(Args::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main(args: Args) -> anyhow::Result<()> {
+    let mut cfg = MinerConfig::load(args.config.as_deref()).map_err(|e| anyhow!(e))?;
+    if let Some(v) = args.rpc_url {
+        cfg.rpc_url = v;
+    }
+    if let Some(v) = args.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = args.account {
+        cfg.account = Some(v);
+    }
+    match args.command {
+        Command::Keys { generate } => {
+            if generate {
+                let (path, created) =
+                    keys::generate_account(&cfg.data_dir).map_err(|e| anyhow!(e))?;
+                println!(
+                    "account key file: {} ({})",
+                    path.display(),
+                    if created { "created" } else { "exists, kept" }
+                );
+            }
+            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir)
+                .map_err(|e| anyhow!(e))?;
+            let node = keys::node_key(&cfg.data_dir).map_err(|e| anyhow!(e))?;
+            println!("account: {}", sliver_chain::account_of(&account));
+            println!(
+                "peer id: {} (key in {}/node.key)",
+                node.public().to_peer_id(),
+                cfg.data_dir.display()
+            );
+        }
+        Command::Register { addresses, throughput, memory_mib } => {
+            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir)
+                .map_err(|e| anyhow!(e))?;
+            let node = keys::node_key(&cfg.data_dir).map_err(|e| anyhow!(e))?;
+            let chain = ChainClient::connect(&cfg.rpc_url).await?;
+            let who = sliver_chain::account_of(&account);
+            if let Some(uid) = chain.uid_of(&who).await? {
+                println!("{who} is already registered as uid {uid}");
+                return Ok(());
+            }
+            if chain.free_balance(&who).await? == 0 {
+                anyhow::bail!("account {who} has no funds on {}: the registration deposit and fees need some; transfer funds to it first", cfg.rpc_url);
+            }
+            let addresses = if addresses.is_empty() { default_addresses(&cfg) } else { addresses };
+            let peer_key = sliver_p2p::keys::ed25519_public(&node)?;
+            let hardware = HardwareProfile { backend: Backend::Cpu, memory_mib, throughput };
+            let sign = |m: &[u8]| sliver_p2p::keys::sign_ownership(&node, m).unwrap_or([0; 64]);
+            let uid = chain
+                .register_signed(&account, Role::Miner, peer_key, sign, &addresses, hardware)
+                .await
+                .context("registration failed")?;
+            println!(
+                "registered {who} as miner uid {uid}, peer id {}, addresses {addresses:?}",
+                node.public().to_peer_id()
+            );
+        }
+        Command::Run { listen, data, device, codec, metrics_port, relay, no_mdns, epochs } => {
+            if let Some(v) = listen {
+                cfg.listen = v;
+            }
+            if data.is_some() {
+                cfg.data = data;
+            }
+            if let Some(v) = device {
+                cfg.device = v;
+            }
+            if let Some(v) = codec {
+                cfg.codec = v;
+            }
+            if let Some(v) = metrics_port {
+                cfg.metrics_port = v;
+            }
+            if relay.is_some() {
+                cfg.relay = relay;
+            }
+            if no_mdns {
+                cfg.mdns = false;
+            }
+            run(cfg, RunOptions { epochs }).await?;
+        }
+        Command::Status => {
+            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir)
+                .map_err(|e| anyhow!(e))?;
+            let chain = ChainClient::connect(&cfg.rpc_url).await?;
+            let who = sliver_chain::account_of(&account);
+            let balance = chain.free_balance(&who).await?;
+            let (info, _) = chain.epoch_info().await?;
+            println!(
+                "account {who}: free balance {}.{:012} SLV",
+                balance / 1_000_000_000_000,
+                balance % 1_000_000_000_000
+            );
+            println!("chain {}: epoch {} ({:?})", cfg.rpc_url, info.epoch, info.phase);
+            match chain.uid_of(&who).await? {
+                None => println!("not registered (run `sliver-miner register`)"),
+                Some(uid) => {
+                    let sliver = chain
+                        .assignments()
+                        .await?
+                        .into_iter()
+                        .find(|(u, _)| *u == uid)
+                        .map(|(_, s)| s);
+                    println!(
+                        "uid {uid}, sliver {}",
+                        sliver.map(|s| s.to_string()).unwrap_or_else(|| "not assigned yet".into())
+                    );
+                    match chain.weight_commitment(uid).await? {
+                        Some(c) => println!(
+                            "latest weight commitment: epoch {}, step {}, {} bytes, hash {:?}",
+                            c.epoch, c.step, c.size, c.hash
+                        ),
+                        None => println!("no weight commitment yet"),
+                    }
+                }
+            }
+        }
+        Command::Deregister => {
+            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir)
+                .map_err(|e| anyhow!(e))?;
+            let chain = ChainClient::connect(&cfg.rpc_url).await?;
+            chain.deregister(&account).await?;
+            println!("deregistered {}", sliver_chain::account_of(&account));
+        }
+    }
     Ok(())
+}
+
+/// The listen address with 0.0.0.0 replaced by 127.0.0.1 (a local network's default).
+fn default_addresses(cfg: &MinerConfig) -> Vec<String> {
+    vec![cfg.listen.replace("/0.0.0.0/", "/127.0.0.1/")]
 }

@@ -157,6 +157,11 @@ impl Stage {
         &self.cfg
     }
 
+    /// Sets the route (data replica) of the micro-batches this first sliver starts.
+    pub fn set_route(&mut self, route: u64) {
+        self.cfg.route = route;
+    }
+
     /// Moves to `epoch`: frames of other epochs are refused from now on.
     pub fn set_epoch(&mut self, epoch: u64) {
         self.cfg.epoch = epoch;

@@ -20,7 +20,7 @@ pub use sliver_calls::*;
 /// Types, calls, storage and events generated from the committed runtime metadata.
 #[subxt::subxt(
     runtime_metadata_path = "../../metadata/sliver.scale",
-    derive_for_all_types = "Eq, PartialEq"
+    derive_for_all_types = "Eq, PartialEq, Clone"
 )]
 pub mod sliver {}
 

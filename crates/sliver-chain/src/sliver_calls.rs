@@ -9,7 +9,7 @@ pub use sliver::runtime_types::pallet_sliver_rewards::Commitment;
 pub use sliver::runtime_types::sliver_primitives::{EpochInfo, Phase, Role};
 
 /// A registered participant as off-chain programs need it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Participant {
     /// Its slot.
     pub uid: Uid,
@@ -24,7 +24,7 @@ pub struct Participant {
 }
 
 /// The training run in force: its id and parameters.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunInfo {
     /// Run id.
     pub id: u32,

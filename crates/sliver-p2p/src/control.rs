@@ -98,6 +98,8 @@ pub struct NodeStatus {
     pub slivers: Vec<u16>,
     /// Servers of each sliver this node knows of (from the chain registry and its peers).
     pub directory: std::collections::BTreeMap<u16, Vec<PeerRecord>>,
+    /// Blobs the node publishes under a name (`merge/<epoch>`, `weights`), by BLAKE3 hash.
+    pub published: std::collections::BTreeMap<String, [u8; 32]>,
 }
 
 /// Which micro-batch a validator audits.

@@ -1,0 +1,134 @@
+//! The miner's configuration: a TOML file, overridden by flags and environment variables
+//! (`SLIVER_*`), with defaults that work against a local development node.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `sliver-miner` can be told. Every field is optional in the file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MinerConfig {
+    /// WebSocket RPC endpoint of a Sliver node.
+    pub rpc_url: String,
+    /// Where the node key, the account key file, checkpoints and logs live.
+    pub data_dir: PathBuf,
+    /// The account: a secret URI (`//Alice`, `0x<seed>`), a mnemonic phrase, or the path of a
+    /// file holding one. Default: `<data_dir>/account.key` (created by `sliver-miner keys`).
+    pub account: Option<String>,
+    /// libp2p listen address.
+    pub listen: String,
+    /// Addresses to register and announce (what others dial); default: the bound address.
+    pub public_addresses: Vec<String>,
+    /// A relay to listen through when this machine cannot be dialled (a validator's multiaddr
+    /// ending in `/p2p/<peer id>`).
+    pub relay: Option<String>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// The training text: a file, a directory of `.txt` files, or JSON Lines with a `text`
+    /// field. Must hold the dataset the chain's training run names.
+    pub data: Option<PathBuf>,
+    /// Burn device: `flex` (CPU), or `wgpu` / `cuda` where compiled in.
+    pub device: String,
+    /// Codec of activations and gradients on the wire: `f32`, `bf16` or `int8`.
+    pub codec: String,
+    /// Port of the Prometheus metrics endpoint on 127.0.0.1 (0: off).
+    pub metrics_port: u16,
+    /// Seconds between status lines.
+    pub status_interval_secs: u64,
+    /// Seconds the first sliver waits for a micro-batch's gradient before dropping it.
+    pub grad_timeout_secs: u64,
+    /// When the machine is available: the idle-window schedule.
+    pub availability: Availability,
+}
+
+/// When the miner trains. Outside its windows it leaves the pipeline cleanly and waits.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Availability {
+    /// Windows as `"HH:MM-HH:MM"` in UTC (a window may cross midnight); empty: always.
+    pub windows: Vec<String>,
+    /// Days the windows apply to (`mon` ... `sun`); empty: every day.
+    pub days: Vec<String>,
+    /// Train only while the 1-minute load average, less this miner's own share, stays below
+    /// this (0: no threshold).
+    pub max_other_load: f64,
+}
+
+impl Default for MinerConfig {
+    fn default() -> Self {
+        MinerConfig {
+            rpc_url: sliver_chain::DEFAULT_RPC_URL.into(),
+            data_dir: default_data_dir(),
+            account: None,
+            listen: "/ip4/0.0.0.0/tcp/30555".into(),
+            public_addresses: Vec::new(),
+            relay: None,
+            mdns: true,
+            data: None,
+            device: "flex".into(),
+            codec: "bf16".into(),
+            metrics_port: 9616,
+            status_interval_secs: 5,
+            grad_timeout_secs: 30,
+            availability: Availability::default(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".local/share/sliver-miner"))
+        .unwrap_or_else(|| PathBuf::from(".sliver-miner"))
+}
+
+impl MinerConfig {
+    /// Reads `path` (a missing file is an error only when it was named explicitly).
+    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+        let Some(path) = path else { return Ok(MinerConfig::default()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the configuration {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("bad configuration {}: {e}", path.display()))
+    }
+
+    /// The wire codec named by `codec`.
+    pub fn wire_codec(&self) -> Result<sliver_wire::WireCodec, String> {
+        match self.codec.as_str() {
+            "f32" => Ok(sliver_wire::WireCodec::F32),
+            "bf16" => Ok(sliver_wire::WireCodec::Bf16),
+            "int8" => Ok(sliver_wire::WireCodec::Int8),
+            other => Err(format!("unknown codec {other:?}: use f32, bf16 or int8")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_the_defaults_and_typos_are_errors() {
+        let dir = std::env::temp_dir().join(format!("sliver-miner-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("miner.toml");
+        std::fs::write(
+            &path,
+            "rpc_url = \"ws://10.0.0.1:9944\"\ncodec = \"int8\"\n[availability]\nwindows = [\"22:00-06:00\"]\n",
+        )
+        .unwrap();
+        let c = MinerConfig::load(Some(&path)).unwrap();
+        assert_eq!(c.rpc_url, "ws://10.0.0.1:9944");
+        assert_eq!(c.wire_codec().unwrap(), sliver_wire::WireCodec::Int8);
+        assert_eq!(c.availability.windows, vec!["22:00-06:00".to_string()]);
+        assert_eq!(c.listen, MinerConfig::default().listen);
+
+        std::fs::write(&path, "rpc_ur = \"x\"\n").unwrap();
+        let err = MinerConfig::load(Some(&path)).unwrap_err();
+        assert!(err.contains("unknown field `rpc_ur`"), "{err}");
+        let err = MinerConfig::load(Some(&dir.join("missing.toml"))).unwrap_err();
+        assert!(err.contains("cannot read the configuration"), "{err}");
+        let bad = MinerConfig { codec: "fp8".into(), ..MinerConfig::default() };
+        assert!(bad.wire_codec().unwrap_err().contains("unknown codec"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
