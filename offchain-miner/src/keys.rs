@@ -13,6 +13,7 @@ pub const ACCOUNT_FILE: &str = "account.key";
 /// BIP-39 mnemonic phrase, or the path of a file holding either. `None` reads
 /// `<data_dir>/account.key`.
 pub fn load_account(spec: Option<&str>, data_dir: &Path) -> Result<Keypair, String> {
+    let spec = spec.filter(|s| !s.trim().is_empty());
     let (secret, from) = match spec {
         Some(s) if Path::new(s).is_file() => (read_secret(Path::new(s))?, format!("file {s}")),
         Some(s) => (s.trim().to_string(), "--account".to_string()),

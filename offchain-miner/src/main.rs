@@ -81,6 +81,9 @@ enum Command {
         /// Stop after this many epoch boundaries.
         #[arg(long)]
         epochs: Option<u64>,
+        /// Stop at the boundary into this chain epoch.
+        #[arg(long)]
+        until_epoch: Option<u64>,
     },
     /// Show registration, assignment, balance and the latest weight commitment.
     Status,
@@ -161,7 +164,17 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
                 node.public().to_peer_id()
             );
         }
-        Command::Run { listen, data, device, codec, metrics_port, relay, no_mdns, epochs } => {
+        Command::Run {
+            listen,
+            data,
+            device,
+            codec,
+            metrics_port,
+            relay,
+            no_mdns,
+            epochs,
+            until_epoch,
+        } => {
             if let Some(v) = listen {
                 cfg.listen = v;
             }
@@ -183,7 +196,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             if no_mdns {
                 cfg.mdns = false;
             }
-            run(cfg, RunOptions { epochs }).await?;
+            run(cfg, RunOptions { epochs, until_epoch }).await?;
         }
         Command::Status => {
             let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir)

@@ -32,6 +32,8 @@ use crate::stage::{Stage, StageConfig};
 pub struct RunOptions {
     /// Stop after this many epoch boundaries (tests, scripted runs); `None`: run until killed.
     pub epochs: Option<u64>,
+    /// Stop at the boundary into this chain epoch (after merging the epoch before it).
+    pub until_epoch: Option<u64>,
 }
 
 /// What the chain says, as the training loop needs it.
@@ -72,6 +74,50 @@ pub struct Metrics {
     pub peers: usize,
     /// Seconds spent training.
     pub trained_secs: u64,
+    /// Mean loss of the first five optimiser steps (last sliver).
+    pub first_loss: Option<f32>,
+    /// Losses of recent steps (last sliver), at most 100.
+    pub recent_losses: std::collections::VecDeque<f32>,
+    losses_seen: u32,
+    first_sum: f32,
+}
+
+impl Metrics {
+    fn record_loss(&mut self, loss: f32) {
+        self.loss = Some(loss);
+        if self.losses_seen < 5 {
+            self.first_sum += loss;
+            self.losses_seen += 1;
+            self.first_loss = Some(self.first_sum / self.losses_seen as f32);
+        }
+        self.recent_losses.push_back(loss);
+        if self.recent_losses.len() > 100 {
+            self.recent_losses.pop_front();
+        }
+    }
+
+    /// Mean loss of the last five optimiser steps (last sliver).
+    pub fn last_loss(&self) -> Option<f32> {
+        let n = self.recent_losses.len().min(5);
+        (n > 0).then(|| self.recent_losses.iter().rev().take(n).sum::<f32>() / n as f32)
+    }
+
+    /// One line a script or test can parse.
+    pub fn summary(&self, uid: u16) -> String {
+        let f = |v: Option<f32>| v.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into());
+        format!(
+            "SUMMARY uid={uid} sliver={} steps={} tokens={} bytes_sent={} dropped={} merges={} commitments={} first_loss={} last_loss={}",
+            self.sliver.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            self.steps,
+            self.tokens,
+            self.bytes_sent,
+            self.dropped,
+            self.merges,
+            self.commitments,
+            f(self.first_loss),
+            f(self.last_loss()),
+        )
+    }
 }
 
 /// Runs the miner until it fails or `opts.epochs` boundaries have passed.
@@ -139,16 +185,17 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Mutex::new(Metrics::default()));
     let (view_tx, mut view_rx) = watch::channel(View::default());
-    tokio::spawn(follow_chain(cfg.rpc_url.clone(), uid, view_tx));
+    let (epoch_tx, mut epoch_rx) = watch::channel(0u64);
+    tokio::spawn(follow_chain(cfg.rpc_url.clone(), uid, view_tx, epoch_tx));
     if cfg.metrics_port != 0 {
         tokio::spawn(serve_metrics(cfg.metrics_port, metrics.clone(), uid));
     }
     tokio::spawn(status_line(metrics.clone(), client.clone(), uid, cfg.status_interval_secs, port));
 
     // Wait for the first view with an assignment.
-    let sliver = loop {
-        if let Some(s) = view_rx.borrow().sliver {
-            break s;
+    loop {
+        if view_rx.borrow().sliver.is_some() {
+            break;
         }
         tracing::info!(
             uid,
@@ -157,147 +204,147 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         if tokio::time::timeout(Duration::from_secs(30), view_rx.changed()).await.is_err() {
             tracing::warn!("no assignment yet after 30 s; still waiting");
         }
-    };
-    let view = view_rx.borrow().clone();
-    let specs = SliverSpec::split(model.n_layer, run.num_slivers as usize)?;
-    let spec = specs
-        .get(sliver as usize)
-        .cloned()
-        .ok_or_else(|| anyhow!("sliver {sliver} out of range"))?;
-    let hyper = &run.hyper;
-    let adamw = AdamWConfig {
-        weight_decay: hyper.weight_decay_micro as f64 / 1e6,
-        ..AdamWConfig::default()
-    };
-    let mut trainer = SliverTrainer::new(&model, spec.clone(), None, adamw, &device)?;
-    let ckpt_path = checkpoint_path(&cfg.data_dir, run.id, sliver);
-    if ckpt_path.is_file() {
-        match checkpoint::read(&ckpt_path) {
-            Ok((info, flat)) if info.spec == spec && info.config == model => {
-                engine_merge::import_flat(&mut trainer.sliver, &flat)?;
-                tracing::info!(path = %ckpt_path.display(), "resumed from the local checkpoint");
-            }
-            Ok(_) => {
-                tracing::warn!(path = %ckpt_path.display(), "checkpoint is for another model or sliver; starting fresh")
-            }
-            Err(e) => tracing::warn!(error = %e, "checkpoint unreadable; starting fresh"),
-        }
     }
-    let micro_batches = hyper.micro_batches.max(1) as u64;
-    let stage_cfg = StageConfig {
-        run: run.id as u64,
-        epoch: view.epoch,
-        route: 0,
-        micro_batches,
-        batch: (hyper.batch_size as usize / micro_batches as usize).max(1),
-        seq: model.block_size,
-        codec,
-        lr: LrSchedule {
-            max_lr: hyper.learning_rate_micro as f64 / 1e6,
-            min_lr: hyper.min_learning_rate_micro as f64 / 1e6,
-            warmup_steps: hyper.warmup_steps as u64,
-            decay_steps: 5000,
+    let mut view = view_rx.borrow().clone();
+    let setup = Setup {
+        model,
+        specs: SliverSpec::split(model_layers(&run), run.num_slivers as usize)?,
+        stage_cfg: stage_config(&run, &cfg, codec, view.epoch)?,
+        adamw: AdamWConfig {
+            weight_decay: run.hyper.weight_decay_micro as f64 / 1e6,
+            ..AdamWConfig::default()
         },
-        clip: hyper.grad_clip_micro as f64 / 1e6,
-        grad_timeout: Duration::from_secs(cfg.grad_timeout_secs.max(1)),
+        device,
+        data,
+        client: client.clone(),
+        data_dir: cfg.data_dir.clone(),
+        run_id: run.id,
+        outer: (run.hyper.outer_lr_micro as f32 / 1e6, run.hyper.outer_momentum_micro as f32 / 1e6),
     };
-    let mut stage = Stage::new(trainer, client.clone(), data, stage_cfg);
-    let mut start = engine_merge::export_flat(&mut stage.trainer.sliver);
-    let mut outer = OuterOptimizer::new(
-        hyper.outer_lr_micro as f32 / 1e6,
-        hyper.outer_momentum_micro as f32 / 1e6,
-    );
-    let info = CheckpointInfo { config: model.clone(), spec: spec.clone(), bottleneck: None };
-    let mut epoch = view.epoch;
+    let mut training = setup.train(view.sliver.unwrap_or(0), None)?;
+    let mut carried = Carried::default();
     let mut boundaries = 0u64;
-    let mut merged_steps = stage.steps();
     let mut next: Option<(PeerId, Duration)> = None;
     let mut excluded: Vec<PeerId> = Vec::new();
-    tracing::info!(uid, sliver, of = run.num_slivers, epoch, "training");
+    tracing::info!(
+        uid,
+        sliver = training.sliver,
+        of = run.num_slivers,
+        epoch = view.epoch,
+        "training"
+    );
 
     loop {
-        let view = view_rx.borrow().clone();
-        status_tx.send_modify(|s| {
-            s.epoch = view.epoch;
-            s.slivers = vec![sliver];
-        });
-        connect_neighbours(&client, &view, sliver).await;
-        if view.epoch != epoch {
-            // Epoch boundary: merge with the replicas, commit the weights, move on.
+        let now_view = view_rx.borrow().clone();
+        if now_view.epoch != view.epoch {
+            // Epoch boundary: merge with this epoch's replicas, commit the weights, then follow
+            // the new assignment (the chain reshuffles slivers every epoch).
+            let ended = view.epoch;
             let replicas: Vec<PeerId> = view
                 .slivers
-                .get(&sliver)
+                .get(&training.sliver)
                 .into_iter()
                 .flatten()
                 .filter(|(u, _, _)| *u != uid)
                 .map(|(_, p, _)| *p)
                 .collect();
-            if stage.steps() > merged_steps {
-                match merge_round(
-                    &mut stage, &client, &status_tx, &replicas, epoch, &mut start, &mut outer,
-                )
-                .await
-                {
-                    Ok((hash, size, with)) => {
-                        merged_steps = stage.steps();
-                        tracing::info!(epoch, replicas = with, size, "merged");
-                        if let Err(e) =
-                            checkpoint::save_sliver(&mut stage.trainer.sliver, &info, &ckpt_path)
-                        {
-                            tracing::warn!(error = %e, "could not save the local checkpoint");
-                        }
-                        match chain
-                            .publish_weight_commitment(&account, hash, size, stage.steps())
-                            .await
-                        {
-                            Ok(_) => metrics.lock().map(|mut m| m.commitments += 1).unwrap_or(()),
-                            Err(e) => tracing::warn!(error = %e, "weight commitment not published"),
-                        }
-                        if let Ok(mut m) = metrics.lock() {
-                            m.merges += 1;
-                        }
+            let total_steps = carried.steps + training.stage.steps();
+            match merge_round(&mut training, &status_tx, &replicas, ended).await {
+                Ok(m) if m.trained => {
+                    tracing::info!(
+                        epoch = ended,
+                        sliver = training.sliver,
+                        replicas = m.with,
+                        of = replicas.len(),
+                        size = m.size,
+                        "merged"
+                    );
+                    if let Ok(mut x) = metrics.lock() {
+                        x.merges += 1;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "merge failed; continuing from local weights")
+                    match chain
+                        .publish_weight_commitment(&account, m.hash, m.size, total_steps)
+                        .await
+                    {
+                        Ok(_) => {
+                            if let Ok(mut x) = metrics.lock() {
+                                x.commitments += 1;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "weight commitment not published"),
                     }
                 }
+                Ok(m) => tracing::info!(
+                    epoch = ended,
+                    replicas = m.with,
+                    "did not train this epoch; took the replicas' merge"
+                ),
+                Err(e) => tracing::warn!(error = %e, "merge failed; continuing from local weights"),
             }
-            epoch = view.epoch;
-            stage.set_epoch(epoch);
+            match now_view.sliver {
+                Some(s) if s != training.sliver => {
+                    // Start from the merged weights of a miner that trained `s` in the epoch
+                    // that ended.
+                    let holders: Vec<PeerId> =
+                        view.slivers.get(&s).into_iter().flatten().map(|(_, p, _)| *p).collect();
+                    carried.add(&training.stage);
+                    training = setup.switch(s, &holders, ended).await?;
+                    tracing::info!(from = ?view.sliver, to = s, "assigned another sliver");
+                    if let Ok(mut x) = metrics.lock() {
+                        x.sliver = Some(s);
+                    }
+                }
+                Some(_) => {}
+                None => tracing::info!("not assigned this epoch"),
+            }
+            view = now_view;
+            training.stage.set_epoch(view.epoch);
+            status_tx.send_modify(|st| {
+                st.epoch = view.epoch;
+                st.slivers = view.sliver.into_iter().collect();
+            });
             next = None;
             excluded.clear();
             boundaries += 1;
-            if opts.epochs.is_some_and(|n| boundaries >= n) {
+            if opts.epochs.is_some_and(|n| boundaries >= n)
+                || opts.until_epoch.is_some_and(|e| view.epoch >= e)
+            {
                 tracing::info!(boundaries, "done");
+                if let Ok(m) = metrics.lock() {
+                    println!("{}", m.summary(uid));
+                }
                 client.shutdown().await;
                 return Ok(());
             }
-        }
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        if !schedule.allows(now.as_secs(), load_average()) {
-            status_tx.send_modify(|s| s.slivers.clear());
-            tracing::info!("outside the availability windows: not training");
-            tokio::time::sleep(Duration::from_secs(10)).await;
             continue;
         }
+        view = now_view;
+        connect_neighbours(&client, &view, training.sliver).await;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        if view.sliver.is_none() || !schedule.allows(now.as_secs(), load_average()) {
+            status_tx.send_modify(|st| st.slivers.clear());
+            tracing::info!("not training now (outside the availability windows or not assigned)");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        let sliver = training.sliver;
         let began = Instant::now();
-        let report = if spec.is_first() {
-            let route = view
-                .slivers
-                .get(&sliver)
-                .and_then(|v| v.iter().position(|(u, _, _)| *u == uid))
-                .unwrap_or(0) as u64;
+        let stage = &mut training.stage;
+        let report = if stage.trainer.spec.is_first() {
+            let route = position(&view, sliver, uid);
             stage.set_route(route);
             if next.is_none() {
-                next = pick_next(&client, &view, sliver + 1, &excluded).await;
+                next =
+                    pick_next(&client, &view, sliver + 1, position(&view, sliver, uid), &excluded)
+                        .await;
             }
             let Some((peer, _)) = next else {
                 tracing::warn!(sliver = sliver + 1, "no live miner of the next sliver; waiting");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             };
-            let r = stage.first_step(peer, &mut inbound.frames).await?;
+            let r = stage.first_step(peer, &mut inbound.frames, &mut epoch_rx).await?;
             if r.dropped > 0 {
                 tracing::warn!(%peer, dropped = r.dropped, "micro-batches dropped; re-routing");
                 excluded.push(peer);
@@ -305,11 +352,18 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             }
             Some(r)
         } else {
-            let following = if spec.is_last() {
+            let following = if stage.trainer.spec.is_last() {
                 None
             } else {
                 if next.is_none() {
-                    next = pick_next(&client, &view, sliver + 1, &excluded).await;
+                    next = pick_next(
+                        &client,
+                        &view,
+                        sliver + 1,
+                        position(&view, sliver, uid),
+                        &excluded,
+                    )
+                    .await;
                 }
                 next.map(|(p, _)| p)
             };
@@ -320,75 +374,271 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             }
         };
         if let Ok(mut m) = metrics.lock() {
-            m.epoch = epoch;
+            m.epoch = view.epoch;
             m.sliver = Some(sliver);
-            m.steps = stage.steps();
-            m.tokens = stage.counters.tokens;
-            m.bytes_sent = stage.counters.bytes_sent;
-            m.dropped = stage.counters.dropped;
+            m.steps = carried.steps + stage.steps();
+            m.tokens = carried.tokens + stage.counters.tokens;
+            m.bytes_sent = carried.bytes_sent + stage.counters.bytes_sent;
+            m.dropped = carried.dropped + stage.counters.dropped;
             m.next = next;
             m.trained_secs += began.elapsed().as_secs();
             if let Some(l) = report.as_ref().and_then(|r| r.loss) {
-                m.loss = Some(l);
+                m.record_loss(l);
             }
         }
     }
 }
 
+/// Counters of the stages this run trained before its current one.
+#[derive(Default)]
+struct Carried {
+    steps: u64,
+    tokens: u64,
+    bytes_sent: u64,
+    dropped: u64,
+}
+
+impl Carried {
+    fn add(&mut self, stage: &Stage) {
+        self.steps += stage.steps();
+        self.tokens += stage.counters.tokens;
+        self.bytes_sent += stage.counters.bytes_sent;
+        self.dropped += stage.counters.dropped;
+    }
+}
+
+/// What does not change while the miner runs.
+struct Setup {
+    model: GptConfig,
+    specs: Vec<SliverSpec>,
+    stage_cfg: StageConfig,
+    adamw: AdamWConfig,
+    device: sliver_engine::Device,
+    data: Arc<Dataset>,
+    client: Client,
+    data_dir: PathBuf,
+    run_id: u32,
+    outer: (f32, f32),
+}
+
+/// The sliver being trained, with its merge state.
+struct Training {
+    sliver: u16,
+    stage: Stage,
+    /// Weights at the last merge (the replicas' shared start).
+    start: Flat,
+    outer: OuterOptimizer,
+    merged_steps: u64,
+    info: CheckpointInfo,
+    ckpt: PathBuf,
+}
+
+impl Setup {
+    /// A trainer for `sliver`, from `weights` if given, else from the local checkpoint of this
+    /// run and sliver if there is one, else from the deterministic initialisation.
+    fn train(&self, sliver: u16, weights: Option<Flat>) -> anyhow::Result<Training> {
+        let spec = self.specs.get(sliver as usize).cloned().ok_or_else(|| {
+            anyhow!("sliver {sliver} is outside the run's {} slivers", self.specs.len())
+        })?;
+        let mut trainer =
+            SliverTrainer::new(&self.model, spec.clone(), None, self.adamw.clone(), &self.device)?;
+        let ckpt = checkpoint_path(&self.data_dir, self.run_id, sliver);
+        let info =
+            CheckpointInfo { config: self.model.clone(), spec: spec.clone(), bottleneck: None };
+        if let Some(w) = weights {
+            engine_merge::import_flat(&mut trainer.sliver, &w)?;
+        } else if ckpt.is_file() {
+            match checkpoint::read(&ckpt) {
+                Ok((i, flat)) if i.spec == spec && i.config == self.model => {
+                    engine_merge::import_flat(&mut trainer.sliver, &flat)?;
+                    tracing::info!(path = %ckpt.display(), "resumed from the local checkpoint");
+                }
+                Ok(_) => {
+                    tracing::warn!(path = %ckpt.display(), "checkpoint is for another model or sliver; starting fresh")
+                }
+                Err(e) => tracing::warn!(error = %e, "checkpoint unreadable; starting fresh"),
+            }
+        }
+        let mut stage =
+            Stage::new(trainer, self.client.clone(), self.data.clone(), self.stage_cfg.clone());
+        let start = engine_merge::export_flat(&mut stage.trainer.sliver);
+        Ok(Training {
+            sliver,
+            stage,
+            start,
+            outer: OuterOptimizer::new(self.outer.0, self.outer.1),
+            merged_steps: 0,
+            info,
+            ckpt,
+        })
+    }
+
+    /// Moves to `sliver`, fetching its merged weights of epoch `ended` from whichever of
+    /// `holders` serves them first (all asked at once, one 15 s deadline).
+    async fn switch(
+        &self,
+        sliver: u16,
+        holders: &[PeerId],
+        ended: u64,
+    ) -> anyhow::Result<Training> {
+        let fresh = self.train(sliver, None)?;
+        if holders.is_empty() {
+            return Ok(fresh);
+        }
+        let name = weights_name(sliver, ended);
+        let like = fresh.start.clone();
+        let asks: Vec<_> = holders
+            .iter()
+            .map(|h| {
+                let (name, like) = (&name, &like);
+                Box::pin(async move {
+                    fetch_named(&self.client, *h, name, like, Duration::from_secs(15))
+                        .await
+                        .map(|w| (*h, w))
+                })
+            })
+            .collect();
+        let outcome = futures::future::select_ok(asks).await.map(|(found, _)| found);
+        match outcome {
+            Ok((peer, w)) => {
+                tracing::info!(%peer, sliver, "weights synced from a replica");
+                self.train(sliver, Some(w))
+            }
+            Err(e) => {
+                tracing::warn!(sliver, error = %e, "no replica served its weights; starting from local weights");
+                Ok(fresh)
+            }
+        }
+    }
+}
+
+/// Where `uid` stands among the miners of `sliver` (its route, on the first sliver).
+fn position(view: &View, sliver: u16, uid: u16) -> u64 {
+    view.slivers.get(&sliver).and_then(|v| v.iter().position(|(u, _, _)| *u == uid)).unwrap_or(0)
+        as u64
+}
+
+fn weights_name(sliver: u16, epoch: u64) -> String {
+    format!("weights/{sliver}/{epoch}")
+}
+
+fn model_layers(run: &RunInfo) -> usize {
+    run.model.n_layers as usize
+}
+
+fn stage_config(
+    run: &RunInfo,
+    cfg: &MinerConfig,
+    codec: WireCodec,
+    epoch: u64,
+) -> anyhow::Result<StageConfig> {
+    let hyper = &run.hyper;
+    let micro_batches = hyper.micro_batches.max(1) as u64;
+    Ok(StageConfig {
+        run: run.id as u64,
+        epoch,
+        route: 0,
+        micro_batches,
+        batch: (hyper.batch_size as usize / micro_batches as usize).max(1),
+        seq: run.model.context_len as usize,
+        codec,
+        lr: LrSchedule {
+            max_lr: hyper.learning_rate_micro as f64 / 1e6,
+            min_lr: hyper.min_learning_rate_micro as f64 / 1e6,
+            warmup_steps: hyper.warmup_steps as u64,
+            decay_steps: 5000,
+        },
+        clip: hyper.grad_clip_micro as f64 / 1e6,
+        grad_timeout: Duration::from_secs(cfg.grad_timeout_secs.max(1)),
+    })
+}
+
 async fn merge_round(
-    stage: &mut Stage,
-    client: &Client,
+    t: &mut Training,
     status: &watch::Sender<NodeStatus>,
     replicas: &[PeerId],
     epoch: u64,
-    start: &mut Flat,
-    outer: &mut OuterOptimizer,
-) -> anyhow::Result<([u8; 32], u64, usize)> {
-    let current = engine_merge::export_flat(&mut stage.trainer.sliver);
-    let delta = engine_merge::pseudo_gradient(start, &current);
-    let bytes = encode_flat(&delta, WireCodec::Bf16);
-    let own = decode_flat(&bytes, &delta).map_err(|e| anyhow!(e))?;
-    let name = format!("merge/{epoch}");
-    let hash = client.publish_blob(bytes)?;
+) -> anyhow::Result<Merged> {
+    let client = t.stage.client().clone();
+    let current = engine_merge::export_flat(&mut t.stage.trainer.sliver);
+    let delta = engine_merge::pseudo_gradient(&t.start, &current);
+    let name = format!("merge/{}/{epoch}", t.sliver);
+    let trained = t.stage.steps() > t.merged_steps;
+    let mut deltas = Vec::new();
+    if trained {
+        // A replica that did no work this epoch adds no (zero) delta to the average.
+        let bytes = encode_flat(&delta, WireCodec::Bf16);
+        deltas.push(decode_flat(&bytes, &delta).map_err(|e| anyhow!(e))?);
+        let hash = client.publish_blob(bytes)?;
+        publish_named(status, &client, name.clone(), hash, epoch);
+    }
+    // All replicas at once, under one deadline.
+    let fetched = futures::future::join_all(
+        replicas.iter().map(|r| fetch_named(&client, *r, &name, &delta, Duration::from_secs(8))),
+    )
+    .await;
+    for (r, f) in replicas.iter().zip(fetched) {
+        match f {
+            Ok(d) => deltas.push(d),
+            Err(e) => tracing::debug!(peer = %r, error = %e, "replica left out of this merge"),
+        }
+    }
+    let with = deltas.len().saturating_sub(usize::from(trained));
+    if !deltas.is_empty() {
+        let avg = engine_merge::average(&deltas);
+        t.outer.step(&mut t.start, &avg);
+    }
+    engine_merge::import_flat(&mut t.stage.trainer.sliver, &t.start)?;
+    t.merged_steps = t.stage.steps();
+    if let Err(e) = checkpoint::save_sliver(&mut t.stage.trainer.sliver, &t.info, &t.ckpt) {
+        tracing::warn!(error = %e, "could not save the local checkpoint");
+    }
+    let weights = encode_flat(&t.start, WireCodec::F32);
+    let size = weights.len() as u64;
+    let hash = client.publish_blob(weights)?;
+    publish_named(status, &client, weights_name(t.sliver, epoch), hash, epoch);
+    Ok(Merged { hash, size, with, trained })
+}
+
+/// What a merge round did.
+struct Merged {
+    /// BLAKE3 of the merged weights (published as a blob).
+    hash: [u8; 32],
+    /// Their size in bytes.
+    size: u64,
+    /// Replicas whose pseudo-gradients were averaged in.
+    with: usize,
+    /// Whether this miner contributed its own.
+    trained: bool,
+}
+
+/// Names `hash` in the node status and drops names (and blobs) older than the previous epoch.
+fn publish_named(
+    status: &watch::Sender<NodeStatus>,
+    client: &Client,
+    name: String,
+    hash: [u8; 32],
+    epoch: u64,
+) {
     status.send_modify(|s| {
-        s.published.insert(name.clone(), hash);
-        // Keep the last two rounds published for slow replicas.
-        let old: Vec<String> = s
+        s.published.insert(name, hash);
+        let stale: Vec<String> = s
             .published
             .keys()
             .filter(|k| {
-                k.starts_with("merge/") && **k < format!("merge/{}", epoch.saturating_sub(1))
+                k.rsplit('/')
+                    .next()
+                    .and_then(|e| e.parse::<u64>().ok())
+                    .is_some_and(|e| e + 1 < epoch)
             })
             .cloned()
             .collect();
-        for k in old {
+        for k in stale {
             if let Some(h) = s.published.remove(&k) {
                 client.unpublish_blob(&h);
             }
         }
     });
-    let mut deltas = vec![own];
-    for r in replicas {
-        match fetch_named(client, *r, &name, &delta, Duration::from_secs(8)).await {
-            Ok(d) => deltas.push(d),
-            Err(e) => tracing::warn!(peer = %r, error = %e, "replica left out of this merge"),
-        }
-    }
-    let with = deltas.len() - 1;
-    let avg = engine_merge::average(&deltas);
-    outer.step(start, &avg);
-    engine_merge::import_flat(&mut stage.trainer.sliver, start)?;
-    let weights = encode_flat(start, WireCodec::F32);
-    let size = weights.len() as u64;
-    let whash = client.publish_blob(weights)?;
-    status.send_modify(|s| {
-        if let Some(old) = s.published.insert("weights".into(), whash) {
-            if old != whash {
-                client.unpublish_blob(&old);
-            }
-        }
-    });
-    Ok((whash, size, with))
 }
 
 /// Dials the registered miners of the neighbouring slivers and of this sliver.
@@ -408,33 +658,44 @@ async fn connect_neighbours(client: &Client, view: &View, sliver: u16) {
     }
 }
 
-/// The miner of `sliver` with the lowest measured round trip, skipping `excluded`.
+/// A live miner of `sliver` for the micro-batches of `route`, skipping `excluded`: the
+/// candidates that answer a ping within three times the best round trip (plus 20 ms) are
+/// near-equals, and routes are spread over them (route modulo their count), so the miners of
+/// one sliver share the next sliver's miners instead of all picking the fastest one.
 async fn pick_next(
     client: &Client,
     view: &View,
     sliver: u16,
+    route: u64,
     excluded: &[PeerId],
 ) -> Option<(PeerId, Duration)> {
-    let mut best: Option<(PeerId, Duration)> = None;
-    for (_, peer, _) in view.slivers.get(&sliver).into_iter().flatten() {
-        if excluded.contains(peer) {
-            continue;
-        }
+    let candidates: Vec<PeerId> = view
+        .slivers
+        .get(&sliver)
+        .into_iter()
+        .flatten()
+        .map(|(_, p, _)| *p)
+        .filter(|p| !excluded.contains(p))
+        .collect();
+    let pings = futures::future::join_all(candidates.iter().map(|p| async move {
         let t = Instant::now();
-        let ping = client.request(*peer, ControlRequest::Ping { nonce: 1 });
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), ping).await {
-            let rtt = t.elapsed();
-            if best.is_none_or(|(_, b)| rtt < b) {
-                best = Some((*peer, rtt));
-            }
+        let ping = client.request(*p, ControlRequest::Ping { nonce: 1 });
+        match tokio::time::timeout(Duration::from_secs(3), ping).await {
+            Ok(Ok(_)) => Some((*p, t.elapsed())),
+            _ => None,
         }
-    }
-    best
+    }))
+    .await;
+    let live: Vec<(PeerId, Duration)> = pings.into_iter().flatten().collect();
+    let best = live.iter().map(|(_, d)| *d).min()?;
+    let near: Vec<(PeerId, Duration)> =
+        live.into_iter().filter(|(_, d)| *d <= best * 3 + Duration::from_millis(20)).collect();
+    near.get(route as usize % near.len()).copied()
 }
 
 /// Follows the chain: epoch and phase every second, assignments and registrations at each
 /// epoch change (and every 10 s). Reconnects when the node goes away.
-async fn follow_chain(url: String, uid: u16, view: watch::Sender<View>) {
+async fn follow_chain(url: String, uid: u16, view: watch::Sender<View>, epoch: watch::Sender<u64>) {
     let mut chain: Option<ChainClient> = None;
     let mut last_full = Instant::now() - Duration::from_secs(60);
     loop {
@@ -454,7 +715,10 @@ async fn follow_chain(url: String, uid: u16, view: watch::Sender<View>) {
             },
         };
         match read_view(&client, uid, &view, &mut last_full).await {
-            Ok(()) => {}
+            Ok(()) => {
+                let e = view.borrow().epoch;
+                epoch.send_if_modified(|old| std::mem::replace(old, e) != e);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "chain read failed; reconnecting");
                 chain = None;

@@ -29,7 +29,7 @@ use sliver_engine::optim::LrSchedule;
 use sliver_engine::{EngineError, SliverInput, SliverTrainer};
 use sliver_p2p::{Client, Direction, FrameHeader, IncomingFrame, P2pError, PeerId};
 use sliver_wire::WireCodec;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// What a stage needs to know about the run it trains in.
 #[derive(Clone, Debug)]
@@ -147,6 +147,11 @@ impl Stage {
         }
     }
 
+    /// The P2P client the stage sends with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Optimiser steps taken.
     pub fn steps(&self) -> u64 {
         self.steps
@@ -212,11 +217,13 @@ impl Stage {
     }
 
     /// One optimiser step of the first sliver: `micro_batches` forwards sent to `next`, their
-    /// gradients awaited (at most `grad_timeout` each), the backward passes, the step.
+    /// gradients awaited (at most `grad_timeout` each, and no longer than the chain's epoch, as
+    /// `chain_epoch` follows it, stays this stage's epoch), the backward passes, the step.
     pub async fn first_step(
         &mut self,
         next: PeerId,
         frames: &mut mpsc::Receiver<IncomingFrame>,
+        chain_epoch: &mut watch::Receiver<u64>,
     ) -> Result<StepReport, StageError> {
         if !self.trainer.spec.is_first() || self.trainer.spec.is_last() {
             return Err(StageError::Role("first_step is for the first of several slivers".into()));
@@ -245,8 +252,16 @@ impl Stage {
             }
         }
         let mut completed = 0;
+        let epoch = self.cfg.epoch;
         while !pending.is_empty() {
-            let frame = match tokio::time::timeout(self.cfg.grad_timeout, frames.recv()).await {
+            let received = tokio::select! {
+                r = tokio::time::timeout(self.cfg.grad_timeout, frames.recv()) => r,
+                Ok(_) = chain_epoch.wait_for(|e| *e != epoch) => {
+                    tracing::info!(missing = pending.len(), "the epoch ended; in-flight micro-batches dropped");
+                    break;
+                }
+            };
+            let frame = match received {
                 Ok(Some(f)) => f,
                 Ok(None) => return Err(StageError::Stopped),
                 Err(_) => {

@@ -81,9 +81,10 @@ async fn two_miners_train_across_the_network_and_the_loss_falls() {
         (losses, last.counters.clone())
     });
 
+    let (_epoch_tx, mut epoch) = watch::channel(3u64);
     let mut first = Stage::new(trainer(0), c0.clone(), data, stage_config());
     for _ in 0..40 {
-        let r = first.first_step(c1.peer_id(), &mut in0.frames).await.unwrap();
+        let r = first.first_step(c1.peer_id(), &mut in0.frames, &mut epoch).await.unwrap();
         assert_eq!((r.completed, r.dropped), (2, 0), "{r:?}");
     }
     let (losses, counters) = server.await.unwrap();
@@ -108,17 +109,31 @@ async fn a_neighbour_that_vanishes_costs_micro_batches_not_a_hang() {
     // The next sliver takes the activations but never answers (a process hung or killed after
     // the receipt): every micro-batch of the step is dropped after the timeout.
     let swallow = tokio::spawn(async move { while in1.frames.recv().await.is_some() {} });
+    let (epoch_tx, mut epoch) = watch::channel(3u64);
     let mut first = Stage::new(trainer(0), c0.clone(), data.clone(), stage_config());
     let t = std::time::Instant::now();
-    let r = first.first_step(c1.peer_id(), &mut in0.frames).await.unwrap();
+    let r = first.first_step(c1.peer_id(), &mut in0.frames, &mut epoch).await.unwrap();
     assert_eq!((r.completed, r.dropped), (0, 2), "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(first.trainer.in_flight(), 0, "abandoned micro-batches free their memory");
 
+    // The chain's epoch ends while gradients are awaited: the step gives up at once.
+    let bump = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        epoch_tx.send_replace(4);
+        epoch_tx
+    });
+    let t = std::time::Instant::now();
+    let r = first.first_step(c1.peer_id(), &mut in0.frames, &mut epoch).await.unwrap();
+    assert_eq!((r.completed, r.dropped), (0, 2), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "no wait for the timeout: {:?}", t.elapsed());
+    let _epoch_tx = bump.await.unwrap();
+    first.set_epoch(4);
+
     // Then it is gone altogether: sending fails at once and the step is dropped, no hang.
     c1.shutdown().await;
     swallow.abort();
-    let r = first.first_step(c1.peer_id(), &mut in0.frames).await.unwrap();
+    let r = first.first_step(c1.peer_id(), &mut in0.frames, &mut epoch).await.unwrap();
     assert_eq!((r.completed, r.dropped), (0, 2), "{r:?}");
     assert_eq!(first.steps(), 0, "no optimiser step without a completed micro-batch");
 }

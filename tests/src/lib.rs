@@ -1,7 +1,7 @@
 //! # sliver-e2e
 //!
-//! Helpers for end-to-end tests that start real processes: the `sliver-node` binary (and, in
-//! later issues, miners and validators) on loopback.
+//! Helpers for end-to-end tests that start real processes on loopback: the `sliver-node`
+//! binary ([`DevNode`]) and the workspace's own binaries such as `sliver-miner` ([`Proc`]).
 //!
 //! The node binary is found in this order: `$SLIVER_NODE_BIN`; `$CARGO_TARGET_DIR/debug/
 //! sliver-node`; `node/target/debug/sliver-node`. Build it first with `cd node && cargo build`
@@ -37,6 +37,102 @@ pub fn node_binary() -> Result<PathBuf, String> {
         "sliver-node binary not found: build it with `cd node && cargo build` or set SLIVER_NODE_BIN"
             .to_string()
     })
+}
+
+/// Where a binary of the main workspace (`sliver-miner`, ...) is: `$CARGO_TARGET_DIR/debug/`
+/// or `target/debug/`. `cargo test --workspace` builds them before running any test.
+pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut candidates = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(t).join("debug").join(name));
+    }
+    candidates.push(repo.join("target/debug").join(name));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{name} binary not found: build it with `cargo build --bin {name}`"))
+}
+
+/// A child process whose standard output and error lines are collected; killed on drop.
+pub struct Proc {
+    child: Child,
+    name: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `bin` with `args` and extra environment `env`.
+    pub fn spawn(
+        name: &str,
+        bin: &std::path::Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let mut child = Command::new(bin)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout is piped");
+        let err = child.stderr.take().expect("stderr is piped");
+        for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().map(|mut l| l.push(line)).ok();
+                }
+            });
+        }
+        Ok(Proc { child, name: name.to_string(), log })
+    }
+
+    /// Waits for the process to exit, at most `timeout`; returns its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Result<i32, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // let the readers drain
+                return Ok(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} still running after {timeout:?}\n{}",
+                    self.name,
+                    self.log_tail(30)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the process now (as `kill -9` would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Every line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The last `n` lines, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        format!("--- {} ---\n{}", self.name, log[log.len().saturating_sub(n)..].join("\n"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A running `sliver-node --dev --tmp` process. Killed on drop.

@@ -515,8 +515,16 @@ impl Client {
     }
 
     /// Connects to `peer` at `addr`.
+    /// Fails if the peer at `addr` is not `peer`, or no connection is made within the request
+    /// timeout.
     pub async fn dial(&self, peer: PeerId, addr: Multiaddr) -> Result<(), P2pError> {
-        self.call(|reply| Command::Dial { peer, addr, reply }).await?
+        let timeout = self.config.request_timeout;
+        tokio::time::timeout(timeout, self.call(|reply| Command::Dial { peer, addr, reply }))
+            .await
+            .map_err(|_| P2pError::Dial {
+                peer,
+                reason: format!("no connection within {timeout:?}"),
+            })??
     }
 
     /// Looks `peer` up in the DHT (through the peers this node knows) and returns its addresses,
@@ -836,7 +844,13 @@ impl SwarmTask {
                     return;
                 }
                 self.swarm.add_peer_address(peer, addr.clone());
-                match self.swarm.dial(addr.clone()) {
+                // Dial the peer (not just the address): the connection must authenticate as
+                // `peer`, and a failure names it, so the waiting caller is always answered.
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(vec![addr])
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .build();
+                match self.swarm.dial(opts) {
                     Ok(()) => self.dialing.entry(peer).or_default().push(reply),
                     Err(e) => {
                         let _ = reply.send(Err(P2pError::Dial { peer, reason: e.to_string() }));

@@ -1,0 +1,230 @@
+//! The miner end to end: four `sliver-miner` processes (two slivers, two miners each) register
+//! on a real `sliver-node --dev`, are assigned slivers by the chain's clock, train the run's
+//! model over libp2p on loopback, merge with their replicas at every epoch boundary and publish
+//! their weight commitments on chain. Bad configurations fail with the documented errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sliver_chain::{sliver, ChainClient};
+use sliver_e2e::{free_port, workspace_binary, DevNode, Proc};
+
+fn corpus() -> PathBuf {
+    let shared =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt");
+    if shared.is_file() {
+        return shared;
+    }
+    let path = std::env::temp_dir().join(format!("sliver-e2e-corpus-{}.txt", std::process::id()));
+    let text: String =
+        (0..40_000).map(|i| ["to be ", "or not ", "that is ", "the question\n"][i % 4]).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn miner(args: &[&str], rpc: &str, dir: &std::path::Path, account: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--rpc-url".into(),
+        rpc.into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--account".into(),
+        account.into(),
+    ];
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+fn summary(p: &Proc) -> BTreeMap<String, String> {
+    p.log()
+        .iter()
+        .find(|l| l.starts_with("SUMMARY "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
+    let node = DevNode::start().expect("start sliver-node");
+    let client = ChainClient::connect_with_retry(&node.rpc_url, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", node.log_tail(30)));
+    let bin = workspace_binary("sliver-miner").unwrap();
+    let data = corpus();
+    let tmp = tempfile::tempdir().unwrap();
+    let accounts = ["//Bob", "//Charlie", "//Dave", "//Eve"];
+
+    let mut ports = Vec::new();
+    for (i, account) in accounts.iter().enumerate() {
+        let dir = tmp.path().join(format!("m{i}"));
+        let port = free_port();
+        ports.push(port);
+        let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+        let mut p = Proc::spawn(
+            "register",
+            &bin,
+            &miner(&["register", "--address", &addr], &node.rpc_url, &dir, account),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(p.wait(Duration::from_secs(60)).unwrap(), 0, "{}", p.log_tail(20));
+        assert!(p.log().iter().any(|l| l.contains("as miner uid")), "{}", p.log_tail(10));
+    }
+
+    // Everyone stops at the same boundary: three epochs after the one in which all are
+    // assigned (registrations land in this epoch; assignments follow at the next boundary).
+    let (info, _) = client.epoch_info().await.unwrap();
+    let until = (info.epoch + 4).to_string();
+    let mut runs: Vec<Proc> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, account)| {
+            let dir = tmp.path().join(format!("m{i}"));
+            let listen = format!("/ip4/127.0.0.1/tcp/{}", ports[i]);
+            let args = [
+                "run",
+                "--listen",
+                &listen,
+                "--data",
+                data.to_str().unwrap(),
+                "--metrics-port",
+                "0",
+                "--no-mdns",
+                "--until-epoch",
+                &until,
+            ];
+            Proc::spawn(
+                &format!("miner {account}"),
+                &bin,
+                &miner(&args, &node.rpc_url, &dir, account),
+                &[("RUST_LOG", "info,libp2p=warn,sliver_p2p=warn")],
+            )
+            .unwrap()
+        })
+        .collect();
+
+    // Watch finalized blocks for weight commitments while the miners train.
+    let mut commitments: BTreeMap<u16, BTreeSet<u32>> = BTreeMap::new();
+    let mut blocks = client.api().stream_blocks().await.expect("finalized blocks");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let running =
+            runs.iter_mut().map(|p| p.wait(Duration::ZERO).is_err()).filter(|r| *r).count();
+        if running == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "miners still running after 300 s\n{}",
+            runs.iter().map(|p| p.log_tail(15)).collect::<Vec<_>>().join("\n")
+        );
+        let Ok(Some(Ok(block))) = tokio::time::timeout(Duration::from_secs(5), blocks.next()).await
+        else {
+            continue;
+        };
+        let events = block.at().await.unwrap().events().fetch().await.unwrap();
+        for e in events.find::<sliver::sliver_rewards::events::WeightCommitmentPublished>() {
+            let e = e.unwrap();
+            commitments.entry(e.uid).or_default().insert(e.epoch);
+        }
+    }
+    let logs = runs.iter().map(|p| p.log_tail(25)).collect::<Vec<_>>().join("\n");
+    for p in runs.iter_mut() {
+        assert_eq!(p.wait(Duration::ZERO).unwrap(), 0, "a miner failed\n{logs}");
+    }
+    let summaries: Vec<_> = runs.iter().map(summary).collect();
+    println!("{summaries:#?}\ncommitments by uid: {commitments:?}");
+
+    // Two miners on each sliver.
+    let mut per_sliver: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &summaries {
+        *per_sliver.entry(s["sliver"].clone()).or_default() += 1;
+    }
+    assert_eq!(per_sliver, BTreeMap::from([("0".into(), 2), ("1".into(), 2)]), "{logs}");
+    // The loss the last sliver computes falls. Slivers are reshuffled every epoch, so the
+    // miner that saw the untrained model first need not be the one that ends on the last
+    // sliver.
+    let loss = |s: &BTreeMap<String, String>, k: &str| s[k].parse::<f32>().ok();
+    let first = summaries.iter().filter_map(|s| loss(s, "first_loss")).fold(0.0f32, f32::max);
+    assert!(first > 4.5, "an untrained byte model starts near ln 256 = 5.55: {summaries:?}");
+    for s in summaries.iter().filter(|s| s["sliver"] == "1") {
+        let last = loss(s, "last_loss").unwrap_or_else(|| panic!("{s:?}\n{logs}"));
+        assert!(last < first - 0.5, "the loss falls from {first}: {s:?}");
+    }
+    // Every miner merged and committed its weights in each of the epochs it trained through.
+    for s in &summaries {
+        let merges: u64 = s["merges"].parse().unwrap();
+        assert!(merges >= 2, "{s:?}\n{logs}");
+        assert_eq!(s["commitments"], s["merges"], "a commitment after each merge: {s:?}");
+    }
+    assert_eq!(commitments.len(), 4, "{commitments:?}");
+    for (uid, epochs) in &commitments {
+        let v: Vec<u32> = epochs.iter().copied().collect();
+        assert!(
+            v.len() >= 2 && v.windows(2).all(|w| w[1] == w[0] + 1),
+            "uid {uid}: commitments in epochs {v:?}, want consecutive epochs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configurations_fail_with_clear_errors() {
+    let bin = workspace_binary("sliver-miner").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    let run = |args: &[&str], rpc: &str, account: &str| {
+        let mut p = Proc::spawn("miner", &bin, &miner(args, rpc, &dir, account), &[]).unwrap();
+        let code = p.wait(Duration::from_secs(60)).unwrap();
+        (code, p.log().join("\n"))
+    };
+    // No node at the URL.
+    let dead = format!("ws://127.0.0.1:{}", free_port());
+    let (code, out) = run(&["status"], &dead, "//Bob");
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("cannot reach a Sliver node at") && out.contains("sliver-node --dev"),
+        "{out}"
+    );
+    // No account anywhere.
+    let (code, out) = run(&["status"], &dead, "");
+    assert_eq!(code, 1);
+    assert!(out.contains("no account") && out.contains("keys --generate"), "{out}");
+
+    let node = DevNode::start().expect("start sliver-node");
+    // Not registered.
+    let (code, out) = run(&["run", "--no-mdns", "--metrics-port", "0"], &node.rpc_url, "//Ferdie");
+    assert_eq!(code, 1);
+    assert!(out.contains("is not registered") && out.contains("sliver-miner register"), "{out}");
+    // Unfunded account.
+    let (code, out) = run(&["register"], &node.rpc_url, "//NobodyHasFunds");
+    assert_eq!(code, 1);
+    assert!(out.contains("has no funds"), "{out}");
+    // Registered, but the dataset is missing.
+    let (code, out) =
+        run(&["register", "--address", "/ip4/127.0.0.1/tcp/1"], &node.rpc_url, "//Ferdie");
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["run", "--no-mdns", "--metrics-port", "0"], &node.rpc_url, "//Ferdie");
+    assert_eq!(code, 1);
+    assert!(out.contains("dataset missing") && out.contains("--data"), "{out}");
+    let (code, out) = run(
+        &["run", "--no-mdns", "--metrics-port", "0", "--data", "/nonexistent/text"],
+        &node.rpc_url,
+        "//Ferdie",
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("dataset missing: /nonexistent/text does not exist"), "{out}");
+    // A typo in the configuration file.
+    let cfg = tmp.path().join("miner.toml");
+    std::fs::write(&cfg, "rpc_ur = \"x\"\n").unwrap();
+    let (code, out) =
+        run(&["--config", cfg.to_str().unwrap(), "status"], &node.rpc_url, "//Ferdie");
+    assert_eq!(code, 1);
+    assert!(out.contains("unknown field `rpc_ur`"), "{out}");
+}
