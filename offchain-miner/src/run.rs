@@ -221,7 +221,20 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         run_id: run.id,
         outer: (run.hyper.outer_lr_micro as f32 / 1e6, run.hyper.outer_momentum_micro as f32 / 1e6),
     };
-    let mut training = setup.train(view.sliver.unwrap_or(0), None)?;
+    // Join (or rejoin after a restart) from the weights the sliver's miners merged at the last
+    // boundary; without any, from the local checkpoint or the deterministic initialisation.
+    let first_sliver = view.sliver.unwrap_or(0);
+    connect_neighbours(&client, &view, first_sliver).await;
+    let everyone: Vec<PeerId> = view
+        .slivers
+        .values()
+        .flatten()
+        .map(|(_, p, _)| *p)
+        .filter(|p| *p != client.peer_id())
+        .collect();
+    let (mut training, _) = setup
+        .switch(first_sliver, &everyone, view.epoch.saturating_sub(1), Duration::from_secs(3))
+        .await?;
     let mut carried = Carried::default();
     let mut boundaries = 0u64;
     let mut next: Option<(PeerId, Duration)> = None;
@@ -288,7 +301,16 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                     let holders: Vec<PeerId> =
                         view.slivers.get(&s).into_iter().flatten().map(|(_, p, _)| *p).collect();
                     carried.add(&training.stage);
-                    training = setup.switch(s, &holders, ended).await?;
+                    let synced;
+                    (training, synced) =
+                        setup.switch(s, &holders, ended, Duration::from_secs(15)).await?;
+                    if synced {
+                        // Serve them too: a replica that restarts may ask any miner of `s`.
+                        let bytes = encode_flat(&training.start, WireCodec::F32);
+                        if let Ok(h) = client.publish_blob(bytes) {
+                            publish_named(&status_tx, &client, weights_name(s, ended), h, ended);
+                        }
+                    }
                     tracing::info!(from = ?view.sliver, to = s, "assigned another sliver");
                     if let Ok(mut x) = metrics.lock() {
                         x.sliver = Some(s);
@@ -474,16 +496,17 @@ impl Setup {
     }
 
     /// Moves to `sliver`, fetching its merged weights of epoch `ended` from whichever of
-    /// `holders` serves them first (all asked at once, one 15 s deadline).
+    /// `holders` serves them first (all asked at once, within `wait`); true if synced.
     async fn switch(
         &self,
         sliver: u16,
         holders: &[PeerId],
         ended: u64,
-    ) -> anyhow::Result<Training> {
+        wait: Duration,
+    ) -> anyhow::Result<(Training, bool)> {
         let fresh = self.train(sliver, None)?;
         if holders.is_empty() {
-            return Ok(fresh);
+            return Ok((fresh, false));
         }
         let name = weights_name(sliver, ended);
         let like = fresh.start.clone();
@@ -492,9 +515,7 @@ impl Setup {
             .map(|h| {
                 let (name, like) = (&name, &like);
                 Box::pin(async move {
-                    fetch_named(&self.client, *h, name, like, Duration::from_secs(15))
-                        .await
-                        .map(|w| (*h, w))
+                    fetch_named(&self.client, *h, name, like, wait).await.map(|w| (*h, w))
                 })
             })
             .collect();
@@ -502,11 +523,11 @@ impl Setup {
         match outcome {
             Ok((peer, w)) => {
                 tracing::info!(%peer, sliver, "weights synced from a replica");
-                self.train(sliver, Some(w))
+                Ok((self.train(sliver, Some(w))?, true))
             }
             Err(e) => {
-                tracing::warn!(sliver, error = %e, "no replica served its weights; starting from local weights");
-                Ok(fresh)
+                tracing::info!(sliver, error = %e, "no replica served its weights; starting from local weights");
+                Ok((fresh, false))
             }
         }
     }
