@@ -97,7 +97,7 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,libp2p=warn,sliver_p2p=warn".into()),
+                .unwrap_or_else(|_| "info,libp2p=warn,libp2p_kad=error,sliver_p2p=warn".into()),
         )
         .init();
     if let Err(e) = real_main(Args::parse()).await {

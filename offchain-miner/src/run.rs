@@ -236,6 +236,9 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         .switch(first_sliver, &everyone, view.epoch.saturating_sub(1), Duration::from_secs(3))
         .await?;
     let mut carried = Carried::default();
+    // Commitments carry a step count that must not go back: continue from this uid's last one
+    // (a restarted miner starts its own count from zero).
+    let commit_base = chain.weight_commitment(uid).await?.map(|c| c.step).unwrap_or(0);
     let mut boundaries = 0u64;
     let mut next: Option<(PeerId, Duration)> = None;
     let mut excluded: Vec<PeerId> = Vec::new();
@@ -261,7 +264,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 .filter(|(u, _, _)| *u != uid)
                 .map(|(_, p, _)| *p)
                 .collect();
-            let total_steps = carried.steps + training.stage.steps();
+            let total_steps = commit_base + carried.steps + training.stage.steps();
             match merge_round(&mut training, &status_tx, &replicas, ended).await {
                 Ok(m) if m.trained => {
                     tracing::info!(
@@ -367,7 +370,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 continue;
             };
             let r = stage.first_step(peer, &mut inbound.frames, &mut epoch_rx).await?;
-            if r.dropped > 0 {
+            if r.dropped > 0 && !r.interrupted {
                 tracing::warn!(%peer, dropped = r.dropped, "micro-batches dropped; re-routing");
                 excluded.push(peer);
                 next = None;
@@ -459,6 +462,15 @@ impl Setup {
     /// A trainer for `sliver`, from `weights` if given, else from the local checkpoint of this
     /// run and sliver if there is one, else from the deterministic initialisation.
     fn train(&self, sliver: u16, weights: Option<Flat>) -> anyhow::Result<Training> {
+        self.build(sliver, weights, true)
+    }
+
+    fn build(
+        &self,
+        sliver: u16,
+        weights: Option<Flat>,
+        checkpoint: bool,
+    ) -> anyhow::Result<Training> {
         let spec = self.specs.get(sliver as usize).cloned().ok_or_else(|| {
             anyhow!("sliver {sliver} is outside the run's {} slivers", self.specs.len())
         })?;
@@ -469,7 +481,7 @@ impl Setup {
             CheckpointInfo { config: self.model.clone(), spec: spec.clone(), bottleneck: None };
         if let Some(w) = weights {
             engine_merge::import_flat(&mut trainer.sliver, &w)?;
-        } else if ckpt.is_file() {
+        } else if checkpoint && ckpt.is_file() {
             match checkpoint::read(&ckpt) {
                 Ok((i, flat)) if i.spec == spec && i.config == self.model => {
                     engine_merge::import_flat(&mut trainer.sliver, &flat)?;
@@ -504,12 +516,12 @@ impl Setup {
         ended: u64,
         wait: Duration,
     ) -> anyhow::Result<(Training, bool)> {
-        let fresh = self.train(sliver, None)?;
         if holders.is_empty() {
-            return Ok((fresh, false));
+            return Ok((self.train(sliver, None)?, false));
         }
+        // The parameter names and sizes, to check what replicas send.
+        let like = self.build(sliver, None, false)?.start;
         let name = weights_name(sliver, ended);
-        let like = fresh.start.clone();
         let asks: Vec<_> = holders
             .iter()
             .map(|h| {
@@ -527,7 +539,7 @@ impl Setup {
             }
             Err(e) => {
                 tracing::info!(sliver, error = %e, "no replica served its weights; starting from local weights");
-                Ok((fresh, false))
+                Ok((self.train(sliver, None)?, false))
             }
         }
     }

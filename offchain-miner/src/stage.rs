@@ -69,6 +69,9 @@ pub struct StepReport {
     pub loss: Option<f32>,
     /// Tokens trained in this step.
     pub tokens: u64,
+    /// The chain's epoch ended while gradients were awaited (the drops are not the
+    /// neighbour's fault).
+    pub interrupted: bool,
 }
 
 /// Errors of a stage.
@@ -252,12 +255,14 @@ impl Stage {
             }
         }
         let mut completed = 0;
+        let mut interrupted = false;
         let epoch = self.cfg.epoch;
         while !pending.is_empty() {
             let received = tokio::select! {
                 r = tokio::time::timeout(self.cfg.grad_timeout, frames.recv()) => r,
                 Ok(_) = chain_epoch.wait_for(|e| *e != epoch) => {
                     tracing::info!(missing = pending.len(), "the epoch ended; in-flight micro-batches dropped");
+                    interrupted = true;
                     break;
                 }
             };
@@ -304,7 +309,7 @@ impl Stage {
         }
         self.dropped += dropped;
         self.done = completed;
-        Ok(self.optimiser_step())
+        Ok(StepReport { interrupted, ..self.optimiser_step() })
     }
 
     /// Handles one frame on a sliver after the first (`next`: a miner of the following
@@ -446,6 +451,6 @@ impl Stage {
         let tokens = completed * (self.cfg.batch * self.cfg.seq) as u64;
         self.counters.tokens += tokens;
         self.counters.dropped += dropped;
-        StepReport { steps: self.steps, completed, dropped, loss, tokens }
+        StepReport { steps: self.steps, completed, dropped, loss, tokens, interrupted: false }
     }
 }

@@ -143,6 +143,14 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
         }
     }
     let logs = runs.iter().map(|p| p.log_tail(25)).collect::<Vec<_>>().join("\n");
+    // SLIVER_E2E_LOGS=dir keeps every miner's whole log for a look after the test.
+    if let Some(dir) = std::env::var_os("SLIVER_E2E_LOGS") {
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for (i, p) in runs.iter().enumerate() {
+            let _ = std::fs::write(dir.join(format!("miner-{i}.log")), p.log().join("\n"));
+        }
+    }
     for p in runs.iter_mut() {
         assert_eq!(p.wait(Duration::ZERO).unwrap(), 0, "a miner failed\n{logs}");
     }
@@ -184,13 +192,19 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
         assert!(merges >= 1, "{s:?}\n{logs}");
         assert_eq!(s["commitments"], s["merges"], "a commitment after each merge: {s:?}");
     }
+    // Commitments appear on chain in every epoch of the run, and every miner made several. (A
+    // miner can miss an epoch: the one killed, and a neighbour left without work while its
+    // upstream was gone.)
     assert_eq!(commitments.len(), 4, "{commitments:?}");
-    for (uid, epochs) in commitments.iter().filter(|(u, _)| **u != restarted_uid) {
-        let v: Vec<u32> = epochs.iter().copied().collect();
-        assert!(
-            v.len() >= 2 && v.windows(2).all(|w| w[1] == w[0] + 1),
-            "uid {uid}: commitments in epochs {v:?}, want consecutive epochs"
-        );
+    let all: BTreeSet<u32> = commitments.values().flatten().copied().collect();
+    let (lo, hi) = (*all.first().unwrap(), *all.last().unwrap());
+    assert!(hi >= lo + 3, "at least four epochs with commitments: {commitments:?}");
+    for e in lo..=hi {
+        let n = commitments.values().filter(|s| s.contains(&e)).count();
+        assert!(n >= 2, "epoch {e}: {n} commitments: {commitments:?}");
+    }
+    for (uid, epochs) in &commitments {
+        assert!(epochs.len() >= 2 || *uid == restarted_uid, "uid {uid}: {commitments:?}");
     }
 }
 
