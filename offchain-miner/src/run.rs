@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use sliver_chain::{ChainClient, Phase, RunInfo};
+use sliver_chain::{ChainClient, ChainError, Phase, RunInfo};
 use sliver_engine::checkpoint::{self, CheckpointInfo};
 use sliver_engine::data::{ByteTokenizer, Dataset, Source};
 use sliver_engine::merge::{self as engine_merge, Flat, OuterOptimizer};
@@ -73,7 +73,7 @@ pub struct Metrics {
     /// Connected peers.
     pub peers: usize,
     /// Seconds spent training.
-    pub trained_secs: u64,
+    pub trained_secs: f64,
     /// Mean loss of the first five optimiser steps (last sliver).
     pub first_loss: Option<f32>,
     /// Losses of recent steps (last sliver), at most 100.
@@ -106,7 +106,7 @@ impl Metrics {
     pub fn summary(&self, uid: u16) -> String {
         let f = |v: Option<f32>| v.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into());
         format!(
-            "SUMMARY uid={uid} sliver={} steps={} tokens={} bytes_sent={} dropped={} merges={} commitments={} first_loss={} last_loss={}",
+            "SUMMARY uid={uid} sliver={} steps={} tokens={} bytes_sent={} dropped={} merges={} commitments={} first_loss={} last_loss={} trained_secs={:.0}",
             self.sliver.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             self.steps,
             self.tokens,
@@ -116,17 +116,19 @@ impl Metrics {
             self.commitments,
             f(self.first_loss),
             f(self.last_loss()),
+            self.trained_secs,
         )
     }
 }
 
-/// Runs the miner until it fails or `opts.epochs` boundaries have passed.
+/// Runs the miner until it fails, `opts.epochs` boundaries have passed, or the chain reaches
+/// `opts.until_epoch`.
 pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
     let schedule = Schedule::parse(&cfg.availability).map_err(|e| anyhow!("availability: {e}"))?;
     let account =
         crate::keys::load_account(cfg.account.as_deref(), &cfg.data_dir).map_err(|e| anyhow!(e))?;
     let who = sliver_chain::account_of(&account);
-    let chain = ChainClient::connect_with_retry(&cfg.rpc_url, Duration::from_secs(20)).await?;
+    let mut chain = ChainClient::connect_with_retry(&cfg.rpc_url, Duration::from_secs(20)).await?;
     let uid = chain.uid_of(&who).await?.ok_or_else(|| {
         anyhow!(
             "account {who} is not registered on {}: run `sliver-miner register` first \
@@ -278,10 +280,21 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                     if let Ok(mut x) = metrics.lock() {
                         x.merges += 1;
                     }
-                    match chain
+                    let mut sent = chain
                         .publish_weight_commitment(&account, m.hash, m.size, total_steps)
-                        .await
-                    {
+                        .await;
+                    if let Err(ChainError::Rpc(_) | ChainError::Unreachable { .. }) = &sent {
+                        // The node went away: reconnect once and send again. (The nonce comes
+                        // from the node, so a transaction that did land is not repeated under
+                        // the same nonce; a second commitment of the same step is harmless.)
+                        if let Ok(c) = ChainClient::connect(&cfg.rpc_url).await {
+                            chain = c;
+                            sent = chain
+                                .publish_weight_commitment(&account, m.hash, m.size, total_steps)
+                                .await;
+                        }
+                    }
+                    match sent {
                         Ok(_) => {
                             if let Ok(mut x) = metrics.lock() {
                                 x.commitments += 1;
@@ -406,7 +419,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             m.bytes_sent = carried.bytes_sent + stage.counters.bytes_sent;
             m.dropped = carried.dropped + stage.counters.dropped;
             m.next = next;
-            m.trained_secs += began.elapsed().as_secs();
+            m.trained_secs += began.elapsed().as_secs_f64();
             if let Some(l) = report.as_ref().and_then(|r| r.loss) {
                 m.record_loss(l);
             }
@@ -910,6 +923,7 @@ async fn serve_metrics(port: u16, metrics: Arc<Mutex<Metrics>>, uid: u16) {
                     m.commitments as f64,
                 ),
                 ("sliver_miner_peers", "connected peers", m.peers as f64),
+                ("sliver_miner_trained_seconds_total", "seconds spent training", m.trained_secs),
                 (
                     "sliver_miner_loss",
                     "latest loss (last sliver)",
