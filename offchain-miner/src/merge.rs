@@ -93,8 +93,11 @@ pub async fn fetch_named(
         match client.request(peer, ControlRequest::Status).await {
             Ok(ControlResponse::Status(s)) => {
                 if let Some(hash) = s.published.get(name) {
-                    let bytes =
-                        client.fetch_blob(peer, *hash, max_len).await.map_err(|e| e.to_string())?;
+                    let fetch = client.fetch_blob(peer, *hash, max_len);
+                    let bytes = tokio::time::timeout_at(deadline, fetch)
+                        .await
+                        .map_err(|_| format!("{name} not fetched within {timeout:?}"))?
+                        .map_err(|e| e.to_string())?;
                     return decode_flat(&bytes, like);
                 }
             }

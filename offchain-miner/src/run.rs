@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::availability::{load_average, Schedule};
 use crate::config::MinerConfig;
 use crate::merge::{decode_flat, encode_flat, fetch_named};
-use crate::stage::{Stage, StageConfig};
+use crate::stage::{Stage, StageConfig, StageError};
 
 /// Options of one `run` beyond the configuration.
 #[derive(Clone, Debug, Default)]
@@ -238,6 +238,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         .switch(first_sliver, &everyone, view.epoch.saturating_sub(1), Duration::from_secs(3))
         .await?;
     let mut carried = Carried::default();
+    let mut last_dial: Option<Instant> = None;
     // Commitments carry a step count that must not go back: continue from this uid's last one
     // (a restarted miner starts its own count from zero).
     let commit_base = chain.weight_commitment(uid).await?.map(|c| c.step).unwrap_or(0);
@@ -317,6 +318,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                     let holders: Vec<PeerId> =
                         view.slivers.get(&s).into_iter().flatten().map(|(_, p, _)| *p).collect();
                     carried.add(&training.stage);
+                    connect_neighbours(&client, &view, s).await;
                     let synced;
                     (training, synced) =
                         setup.switch(s, &holders, ended, Duration::from_secs(15)).await?;
@@ -357,7 +359,13 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             continue;
         }
         view = now_view;
-        connect_neighbours(&client, &view, training.sliver).await;
+        // Dial the neighbours in the background, every 10 s at most: an unreachable one must
+        // not hold up training.
+        if last_dial.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            last_dial = Some(Instant::now());
+            let (c, v, s) = (client.clone(), view.clone(), training.sliver);
+            tokio::spawn(async move { connect_neighbours(&c, &v, s).await });
+        }
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         if view.sliver.is_none() || !schedule.allows(now.as_secs(), load_average()) {
@@ -382,7 +390,14 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             };
-            let r = stage.first_step(peer, &mut inbound.frames, &mut epoch_rx).await?;
+            let r = match stage.first_step(peer, &mut inbound.frames, &mut epoch_rx).await {
+                Ok(r) => r,
+                Err(StageError::Stopped) => bail!("the P2P node stopped"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "step failed");
+                    continue;
+                }
+            };
             if r.dropped > 0 && !r.interrupted {
                 tracing::warn!(%peer, dropped = r.dropped, "micro-batches dropped; re-routing");
                 excluded.push(peer);
@@ -406,7 +421,14 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 next.map(|(p, _)| p)
             };
             match tokio::time::timeout(Duration::from_secs(1), inbound.frames.recv()).await {
-                Ok(Some(frame)) => stage.handle(frame, following).await?,
+                Ok(Some(frame)) => match stage.handle(frame, following).await {
+                    Ok(r) => r,
+                    Err(StageError::Stopped) => bail!("the P2P node stopped"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "frame not handled");
+                        None
+                    }
+                },
                 Ok(None) => bail!("the P2P node stopped"),
                 Err(_) => None,
             }
@@ -632,7 +654,13 @@ async fn merge_round(
     let with = deltas.len().saturating_sub(usize::from(trained));
     if !deltas.is_empty() {
         let avg = engine_merge::average(&deltas);
+        let before = t.start.clone();
         t.outer.step(&mut t.start, &avg);
+        // Finite deltas can still overflow when averaged or stepped: keep the old start then.
+        if t.start.values().flatten().any(|v| !v.is_finite()) {
+            tracing::warn!("the merged weights are not finite; this round is skipped");
+            t.start = before;
+        }
     }
     engine_merge::import_flat(&mut t.stage.trainer.sliver, &t.start)?;
     t.merged_steps = t.stage.steps();
@@ -681,27 +709,34 @@ fn publish_named(
             .collect();
         for k in stale {
             if let Some(h) = s.published.remove(&k) {
-                client.unpublish_blob(&h);
+                // The same bytes can stand under several names (weights that did not change).
+                if !s.published.values().any(|v| *v == h) {
+                    client.unpublish_blob(&h);
+                }
             }
         }
     });
 }
 
-/// Dials the registered miners of the neighbouring slivers and of this sliver.
+/// Dials the registered miners of the neighbouring slivers and of this sliver, all at once.
 async fn connect_neighbours(client: &Client, view: &View, sliver: u16) {
     let me = client.peer_id();
-    for s in [sliver.checked_sub(1), Some(sliver), Some(sliver + 1)].into_iter().flatten() {
-        for (_, peer, addrs) in view.slivers.get(&s).into_iter().flatten() {
-            if *peer == me {
-                continue;
-            }
-            for a in addrs {
-                if client.dial(*peer, a.clone()).await.is_ok() {
-                    break;
-                }
+    let peers: Vec<(PeerId, Vec<Multiaddr>)> =
+        [sliver.checked_sub(1), Some(sliver), sliver.checked_add(1)]
+            .into_iter()
+            .flatten()
+            .flat_map(|s| view.slivers.get(&s).into_iter().flatten())
+            .filter(|(_, p, _)| *p != me)
+            .map(|(_, p, a)| (*p, a.clone()))
+            .collect();
+    futures::future::join_all(peers.into_iter().map(|(peer, addrs)| async move {
+        for a in addrs {
+            if client.dial(peer, a).await.is_ok() {
+                break;
             }
         }
-    }
+    }))
+    .await;
 }
 
 /// A live miner of `sliver` for the micro-batches of `route`, skipping `excluded`: the
@@ -743,7 +778,7 @@ async fn pick_next(
 /// epoch change (and every 10 s). Reconnects when the node goes away.
 async fn follow_chain(url: String, uid: u16, view: watch::Sender<View>, epoch: watch::Sender<u64>) {
     let mut chain: Option<ChainClient> = None;
-    let mut last_full = Instant::now() - Duration::from_secs(60);
+    let mut last_full: Option<Instant> = None;
     loop {
         let client = match &chain {
             Some(c) => c.clone(),
@@ -778,13 +813,12 @@ async fn read_view(
     client: &ChainClient,
     uid: u16,
     view: &watch::Sender<View>,
-    last_full: &mut Instant,
+    last_full: &mut Option<Instant>,
 ) -> anyhow::Result<()> {
-    let (info, _) = client.epoch_info().await?;
+    let (info, assignments) = client.epoch_and_assignments().await?;
     let epoch = info.epoch as u64;
     let changed = view.borrow().epoch != epoch || view.borrow().phase.is_none();
-    if changed || last_full.elapsed() > Duration::from_secs(10) {
-        let assignments = client.assignments().await?;
+    if changed || last_full.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
         let participants = client.participants().await?;
         let mut slivers: BTreeMap<u16, Vec<(u16, PeerId, Vec<Multiaddr>)>> = BTreeMap::new();
         for (u, s) in &assignments {
@@ -798,7 +832,7 @@ async fn read_view(
         }
         let sliver = assignments.iter().find(|(u, _)| *u == uid).map(|(_, s)| *s);
         view.send_replace(View { epoch, phase: Some(info.phase), sliver, slivers });
-        *last_full = Instant::now();
+        *last_full = Some(Instant::now());
     } else {
         view.send_modify(|v| v.phase = Some(info.phase));
     }

@@ -52,7 +52,7 @@ pub struct StageConfig {
     pub lr: LrSchedule,
     /// Largest gradient norm of this sliver (0: no clipping).
     pub clip: f64,
-    /// How long the first sliver waits for a micro-batch's gradient.
+    /// How long the first sliver waits for the gradients of one step.
     pub grad_timeout: Duration,
 }
 
@@ -171,8 +171,15 @@ impl Stage {
     }
 
     /// Moves to `epoch`: frames of other epochs are refused from now on.
+    /// Also forgets what the ended epoch left pending: micro-batches whose gradients will not
+    /// come, and gradients accumulated on weights the merge has since replaced.
     pub fn set_epoch(&mut self, epoch: u64) {
         self.cfg.epoch = epoch;
+        self.trainer.zero_grad();
+        self.ids.clear();
+        self.origin.clear();
+        self.done = 0;
+        self.losses.clear();
     }
 
     fn index(&self) -> u16 {
@@ -220,7 +227,7 @@ impl Stage {
     }
 
     /// One optimiser step of the first sliver: `micro_batches` forwards sent to `next`, their
-    /// gradients awaited (at most `grad_timeout` each, and no longer than the chain's epoch, as
+    /// gradients awaited (at most `grad_timeout` in all, and no longer than the chain's epoch, as
     /// `chain_epoch` follows it, stays this stage's epoch), the backward passes, the step.
     pub async fn first_step(
         &mut self,
@@ -257,9 +264,11 @@ impl Stage {
         let mut completed = 0;
         let mut interrupted = false;
         let epoch = self.cfg.epoch;
+        // One deadline for the step: frames that are ignored do not extend it.
+        let deadline = tokio::time::Instant::now() + self.cfg.grad_timeout;
         while !pending.is_empty() {
             let received = tokio::select! {
-                r = tokio::time::timeout(self.cfg.grad_timeout, frames.recv()) => r,
+                r = tokio::time::timeout_at(deadline, frames.recv()) => r,
                 Ok(_) = chain_epoch.wait_for(|e| *e != epoch) => {
                     tracing::info!(missing = pending.len(), "the epoch ended; in-flight micro-batches dropped");
                     interrupted = true;
@@ -330,7 +339,7 @@ impl Stage {
             return Ok(None);
         }
         match h.direction {
-            Direction::Activation if h.sliver + 1 == self.index() => {
+            Direction::Activation if h.sliver.checked_add(1) == Some(self.index()) => {
                 let in_width = self.trainer.sliver.input_width().unwrap_or(width);
                 let x = match decode_tensor(
                     &frame.payload,
@@ -349,9 +358,18 @@ impl Stage {
                     let mb = self.data.micro_batch(Split::Train, data_key, batch, seq)?;
                     let targets = self.trainer.tokens(&mb.targets, batch, seq)?;
                     let scale = 1.0 / self.cfg.micro_batches.max(1) as f32;
-                    let (loss, grad) = tokio::task::block_in_place(|| {
+                    let computed = tokio::task::block_in_place(|| {
                         self.trainer.forward_backward_last(SliverInput::Hidden(x), targets, scale)
-                    })?;
+                    });
+                    // Activations that make the loss diverge are the sender's problem.
+                    let (loss, grad) = match computed {
+                        Ok(v) => v,
+                        Err(e) => {
+                            self.refuse(&frame, &e.to_string());
+                            self.dropped += 1;
+                            return Ok(None);
+                        }
+                    };
                     self.losses.push(loss);
                     if let Some(g) = grad {
                         let payload = encode_tensor(self.cfg.codec, &g);
@@ -364,12 +382,27 @@ impl Stage {
                     self.done += 1;
                 } else {
                     let Some(next) = next else {
-                        return Err(StageError::Role("a middle sliver needs a next peer".into()));
+                        self.refuse(&frame, "no live miner of the next sliver");
+                        self.dropped += 1;
+                        return Ok(None);
                     };
+                    if let Some(old) = self.ids.remove(&key) {
+                        self.trainer.abandon(old);
+                    }
                     let id = self.id_for(key);
-                    let out = tokio::task::block_in_place(|| {
+                    let computed = tokio::task::block_in_place(|| {
                         self.trainer.forward(id, SliverInput::Hidden(x))
-                    })?;
+                    });
+                    // Too many micro-batches waiting for gradients, or a bad input: dropped.
+                    let out = match computed {
+                        Ok(out) => out,
+                        Err(e) => {
+                            self.ids.remove(&key);
+                            self.refuse(&frame, &e.to_string());
+                            self.dropped += 1;
+                            return Ok(None);
+                        }
+                    };
                     let payload = encode_tensor(self.cfg.codec, &out);
                     match self.send(next, key, Direction::Activation, payload).await {
                         Ok(()) => {

@@ -173,9 +173,22 @@ impl ChainClient {
 
     /// The sliver assignment `(uid, sliver)` of the current epoch at the best block.
     pub async fn assignments(&self) -> Result<Vec<(Uid, u16)>, ChainError> {
+        Ok(self.epoch_and_assignments().await?.1)
+    }
+
+    /// Epoch information and the assignment read at one and the same best block, so that the
+    /// two always belong to the same epoch.
+    pub async fn epoch_and_assignments(
+        &self,
+    ) -> Result<(EpochInfo<u32>, Vec<(Uid, u16)>), ChainError> {
         let (_, hash) = self.best_block().await?;
         let at = self.api().at_block(hash).await.map_err(rpc)?;
-        at.runtime_apis().call(sliver::runtime_apis().sliver_api().assignments()).await.map_err(rpc)
+        let apis = at.runtime_apis();
+        let info =
+            apis.call(sliver::runtime_apis().sliver_api().epoch_info()).await.map_err(rpc)?;
+        let assignments =
+            apis.call(sliver::runtime_apis().sliver_api().assignments()).await.map_err(rpc)?;
+        Ok((info, assignments))
     }
 
     /// The active training run at the latest finalized block, if any.
