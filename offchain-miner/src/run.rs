@@ -208,10 +208,11 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     let mut view = view_rx.borrow().clone();
+    let specs = SliverSpec::split(model.n_layer, run.num_slivers as usize)?;
     let setup = Setup {
         model,
-        specs: SliverSpec::split(model_layers(&run), run.num_slivers as usize)?,
-        stage_cfg: stage_config(&run, &cfg, codec, view.epoch)?,
+        specs,
+        stage_cfg: stage_config(&run, &cfg, codec, view.epoch),
         adamw: AdamWConfig {
             weight_decay: run.hyper.weight_decay_micro as f64 / 1e6,
             ..AdamWConfig::default()
@@ -339,10 +340,6 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             }
             view = now_view;
             training.stage.set_epoch(view.epoch);
-            status_tx.send_modify(|st| {
-                st.epoch = view.epoch;
-                st.slivers = view.sliver.into_iter().collect();
-            });
             next = None;
             excluded.clear();
             boundaries += 1;
@@ -368,8 +365,16 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        if view.sliver.is_none() || !schedule.allows(now.as_secs(), load_average()) {
-            status_tx.send_modify(|st| st.slivers.clear());
+        let training_now = view.sliver.is_some() && schedule.allows(now.as_secs(), load_average());
+        // What status and "who serves" answer: the epoch, and this sliver while training.
+        let serving: Vec<u16> = training_now.then_some(training.sliver).into_iter().collect();
+        status_tx.send_if_modified(|st| {
+            let changed = st.slivers != serving || st.epoch != view.epoch;
+            st.slivers.clone_from(&serving);
+            st.epoch = view.epoch;
+            changed
+        });
+        if !training_now {
             tracing::info!("not training now (outside the availability windows or not assigned)");
             tokio::time::sleep(Duration::from_secs(5)).await;
             continue;
@@ -590,19 +595,10 @@ fn weights_name(sliver: u16, epoch: u64) -> String {
     format!("weights/{sliver}/{epoch}")
 }
 
-fn model_layers(run: &RunInfo) -> usize {
-    run.model.n_layers as usize
-}
-
-fn stage_config(
-    run: &RunInfo,
-    cfg: &MinerConfig,
-    codec: WireCodec,
-    epoch: u64,
-) -> anyhow::Result<StageConfig> {
+fn stage_config(run: &RunInfo, cfg: &MinerConfig, codec: WireCodec, epoch: u64) -> StageConfig {
     let hyper = &run.hyper;
     let micro_batches = hyper.micro_batches.max(1) as u64;
-    Ok(StageConfig {
+    StageConfig {
         run: run.id as u64,
         epoch,
         route: 0,
@@ -618,7 +614,7 @@ fn stage_config(
         },
         clip: hyper.grad_clip_micro as f64 / 1e6,
         grad_timeout: Duration::from_secs(cfg.grad_timeout_secs.max(1)),
-    })
+    }
 }
 
 async fn merge_round(

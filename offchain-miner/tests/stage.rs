@@ -53,6 +53,16 @@ async fn node() -> (Client, Inbound, libp2p::Multiaddr, watch::Sender<NodeStatus
     (client, inbound, addr, status)
 }
 
+type Node = (Client, Inbound, watch::Sender<NodeStatus>);
+
+/// Two nodes on loopback, the first connected to the second.
+async fn connected_pair() -> (Node, Node) {
+    let (c0, in0, _, s0) = node().await;
+    let (c1, in1, a1, s1) = node().await;
+    c0.dial(c1.peer_id(), a1).await.unwrap();
+    ((c0, in0, s0), (c1, in1, s1))
+}
+
 fn trainer(index: usize) -> SliverTrainer {
     let cfg = model();
     let spec = SliverSpec::split(cfg.n_layer, 2).unwrap().remove(index);
@@ -63,9 +73,7 @@ fn trainer(index: usize) -> SliverTrainer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_miners_train_across_the_network_and_the_loss_falls() {
     let data = corpus();
-    let (c0, mut in0, _a0, _s0) = node().await;
-    let (c1, mut in1, a1, _s1) = node().await;
-    c0.dial(c1.peer_id(), a1).await.unwrap();
+    let ((c0, mut in0, _s0), (c1, mut in1, _s1)) = connected_pair().await;
 
     let mut last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config());
     let server = tokio::spawn(async move {
@@ -102,9 +110,7 @@ async fn two_miners_train_across_the_network_and_the_loss_falls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_neighbour_that_vanishes_costs_micro_batches_not_a_hang() {
     let data = corpus();
-    let (c0, mut in0, _a0, _s0) = node().await;
-    let (c1, mut in1, a1, _s1) = node().await;
-    c0.dial(c1.peer_id(), a1).await.unwrap();
+    let ((c0, mut in0, _s0), (c1, mut in1, _s1)) = connected_pair().await;
 
     // The next sliver takes the activations but never answers (a process hung or killed after
     // the receipt): every micro-batch of the step is dropped after the timeout.
