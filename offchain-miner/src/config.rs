@@ -38,6 +38,10 @@ pub struct MinerConfig {
     pub status_interval_secs: u64,
     /// Seconds the first sliver waits for a micro-batch's gradient before dropping it.
     pub grad_timeout_secs: u64,
+    /// Disk the audit log (frames, receipts and a weights snapshot per step, for the current
+    /// and previous epoch) may use, in MiB. Micro-batches past it cannot be audited, which
+    /// validators count against the miner.
+    pub audit_disk_mib: u64,
     /// When the machine is available: the idle-window schedule.
     pub availability: Availability,
 }
@@ -71,6 +75,7 @@ impl Default for MinerConfig {
             metrics_port: 9616,
             status_interval_secs: 5,
             grad_timeout_secs: 30,
+            audit_disk_mib: 8192,
             availability: Availability::default(),
         }
     }

@@ -5,7 +5,8 @@
 //! - [`stage`]: one sliver's trainer wired to the P2P transport, the networked counterpart of
 //!   the engine's in-process pipeline (activations forward, gradients back, optimiser steps,
 //!   neighbours that vanish counted and routed around rather than waited for).
-//!
+//! - [`audit`]: the on-disk log of every micro-batch's frames, receipts and weights snapshots
+//!   for the current and previous epoch, from which validators' audits are answered.
 //! - [`run`]: `sliver-miner run`: the chain follower, the P2P node, the training loop, merges
 //!   with replicas at epoch boundaries and weight commitments on chain.
 //! - [`merge`]: pseudo-gradients and weights over the network; [`config`], [`keys`] and
@@ -14,6 +15,7 @@
 //!
 //! Status against the miner issue: `docs/miner.md`.
 
+pub mod audit;
 pub mod availability;
 pub mod config;
 pub mod keys;

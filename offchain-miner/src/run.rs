@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use sliver_p2p::{Client, ControlRequest, Multiaddr, NetworkConfig, NodeStatus, P
 use sliver_wire::WireCodec;
 use tokio::sync::watch;
 
+use crate::audit::{AuditCounters, AuditLog};
 use crate::availability::{load_average, Schedule};
 use crate::config::MinerConfig;
 use crate::merge::{decode_flat, encode_flat, fetch_named};
@@ -74,6 +76,8 @@ pub struct Metrics {
     pub peers: usize,
     /// Seconds spent training.
     pub trained_secs: f64,
+    /// Validators' audits: answered, not kept, pending.
+    pub audits: Arc<AuditCounters>,
     /// Mean loss of the first five optimiser steps (last sliver).
     pub first_loss: Option<f32>,
     /// Losses of recent steps (last sliver), at most 100.
@@ -178,14 +182,20 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         let circuit = client.listen_via_relay(relay_id, base).await?;
         tracing::info!(%circuit, "listening through the relay");
     }
-    // Audits: no record store yet; every audit is answered "not kept" (see docs/miner.md).
-    tokio::spawn(async move {
-        while let Some(q) = inbound.audits.recv().await {
-            q.respond(None).await;
-        }
-    });
-
     let metrics = Arc::new(Mutex::new(Metrics::default()));
+    let audit = AuditLog::open(
+        &cfg.data_dir.join("audit"),
+        run.id as u64,
+        cfg.audit_disk_mib.saturating_mul(1 << 20),
+    )
+    .with_context(|| format!("cannot open the audit log under {}", cfg.data_dir.display()))?;
+    let audits = metrics.lock().map(|m| m.audits.clone()).unwrap_or_default();
+    tokio::spawn(crate::audit::serve(
+        audit.clone(),
+        client.clone(),
+        inbound.audits,
+        audits.clone(),
+    ));
     let (view_tx, mut view_rx) = watch::channel(View::default());
     let (epoch_tx, mut epoch_rx) = watch::channel(0u64);
     tokio::spawn(follow_chain(cfg.rpc_url.clone(), uid, view_tx, epoch_tx));
@@ -222,6 +232,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         client: client.clone(),
         data_dir: cfg.data_dir.clone(),
         run_id: run.id,
+        audit,
         outer: (run.hyper.outer_lr_micro as f32 / 1e6, run.hyper.outer_momentum_micro as f32 / 1e6),
     };
     // Join (or rejoin after a restart) from the weights the sliver's miners merged at the last
@@ -483,6 +494,7 @@ struct Setup {
     client: Client,
     data_dir: PathBuf,
     run_id: u32,
+    audit: AuditLog,
     outer: (f32, f32),
 }
 
@@ -534,7 +546,8 @@ impl Setup {
             }
         }
         let mut stage =
-            Stage::new(trainer, self.client.clone(), self.data.clone(), self.stage_cfg.clone());
+            Stage::new(trainer, self.client.clone(), self.data.clone(), self.stage_cfg.clone())
+                .with_audit(self.audit.clone());
         let start = engine_merge::export_flat(&mut stage.trainer.sliver);
         Ok(Training {
             sliver,
@@ -908,7 +921,7 @@ async fn status_line(
             .unwrap_or_else(|| "-".into());
         let loss = m.loss.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into());
         eprintln!(
-            "[miner uid {uid}] epoch {} | sliver {} | step {} | {rate:.0} tok/s | loss {loss} | next {next} | peers {peers} | sent {:.1} MB | dropped {} | merges {} | commitments {}",
+            "[miner uid {uid}] epoch {} | sliver {} | step {} | {rate:.0} tok/s | loss {loss} | next {next} | peers {peers} | sent {:.1} MB | dropped {} | merges {} | commitments {} | audits {} pending, {} answered, {} not kept",
             m.epoch,
             m.sliver.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             m.steps,
@@ -916,6 +929,9 @@ async fn status_line(
             m.dropped,
             m.merges,
             m.commitments,
+            m.audits.pending.load(Relaxed),
+            m.audits.answered.load(Relaxed),
+            m.audits.missed.load(Relaxed),
         );
     }
 }
@@ -953,6 +969,21 @@ async fn serve_metrics(port: u16, metrics: Arc<Mutex<Metrics>>, uid: u16) {
                     m.commitments as f64,
                 ),
                 ("sliver_miner_peers", "connected peers", m.peers as f64),
+                (
+                    "sliver_miner_audits_answered_total",
+                    "audits answered",
+                    m.audits.answered.load(Relaxed) as f64,
+                ),
+                (
+                    "sliver_miner_audits_missed_total",
+                    "audits of micro-batches not kept",
+                    m.audits.missed.load(Relaxed) as f64,
+                ),
+                (
+                    "sliver_miner_audits_pending",
+                    "audits being answered",
+                    m.audits.pending.load(Relaxed) as f64,
+                ),
                 ("sliver_miner_trained_seconds_total", "seconds spent training", m.trained_secs),
                 (
                     "sliver_miner_loss",

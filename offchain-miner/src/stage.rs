@@ -11,6 +11,10 @@
 //! - The **last** sliver rebuilds the targets from the same key (every miner holds the dataset,
 //!   so no tokens cross the network), computes the loss and sends the gradient back at once.
 //!
+//! With an [`AuditLog`] attached, every frame received and sent (with its receipt) and a
+//! weights snapshot per optimiser step are recorded, so validators can recompute any
+//! micro-batch.
+//!
 //! Frames name the sender's sliver, the route (the data replica of the first sliver's miner),
 //! the step and the micro-batch; anything else from a peer (wrong run or epoch, wrong sliver,
 //! wrong shape, a gradient for nothing pending) is refused and counted, never a panic.
@@ -27,9 +31,11 @@ use sliver_engine::codec::{decode_tensor, encode_tensor};
 use sliver_engine::data::{BatchKey, Dataset, Split};
 use sliver_engine::optim::LrSchedule;
 use sliver_engine::{EngineError, SliverInput, SliverTrainer};
-use sliver_p2p::{Client, Direction, FrameHeader, IncomingFrame, P2pError, PeerId};
+use sliver_p2p::{Client, Direction, FrameHeader, IncomingFrame, P2pError, PeerId, Reply};
 use sliver_wire::WireCodec;
 use tokio::sync::{mpsc, watch};
+
+use crate::audit::AuditLog;
 
 /// What a stage needs to know about the run it trains in.
 #[derive(Clone, Debug)]
@@ -122,6 +128,10 @@ pub struct Stage {
     ids: HashMap<Key, u64>,
     next_id: u64,
     origin: HashMap<Key, PeerId>,
+    audit: Option<AuditLog>,
+    /// BLAKE3 of the audit log's snapshot of the current weights (taken at the first forward
+    /// after each optimiser step).
+    snapshot: Option<[u8; 32]>,
     /// Counters since start.
     pub counters: StageCounters,
 }
@@ -146,8 +156,19 @@ impl Stage {
             ids: HashMap::new(),
             next_id: 0,
             origin: HashMap::new(),
+            audit: None,
+            snapshot: None,
             counters: StageCounters::default(),
         }
+    }
+
+    /// Records this stage's frames and weights in `log` (see [`crate::audit`]).
+    pub fn with_audit(mut self, log: AuditLog) -> Self {
+        for h in log.begin_epoch(self.cfg.epoch) {
+            self.client.unpublish_blob(&h);
+        }
+        self.audit = Some(log);
+        self
     }
 
     /// The P2P client the stage sends with.
@@ -180,6 +201,31 @@ impl Stage {
         self.origin.clear();
         self.done = 0;
         self.losses.clear();
+        self.snapshot = None;
+        if let Some(log) = &self.audit {
+            for h in log.begin_epoch(epoch) {
+                self.client.unpublish_blob(&h);
+            }
+        }
+    }
+
+    /// The audit log's hash of the weights the next forward runs with (snapshotting them the
+    /// first time after a step); `None` without a log.
+    fn weights_hash(&mut self) -> Option<[u8; 32]> {
+        if self.snapshot.is_none() {
+            let log = self.audit.clone()?;
+            let flat = sliver_engine::merge::export_flat(&mut self.trainer.sliver);
+            let bytes = crate::merge::encode_flat(&flat, WireCodec::F32);
+            self.snapshot = log.snapshot(self.cfg.epoch, &bytes);
+        }
+        self.snapshot
+    }
+
+    /// Records a frame received (and accepted for the schedule) in the audit log.
+    fn record_received(&self, weights: Option<[u8; 32]>, frame: &IncomingFrame) {
+        if let Some(log) = &self.audit {
+            log.record(weights, &frame.header, None, &frame.payload);
+        }
     }
 
     fn index(&self) -> u16 {
@@ -201,12 +247,15 @@ impl Stage {
         id
     }
 
+    /// Sends one frame; a delivered frame is recorded in the audit log with its receipt (and
+    /// `weights`, the snapshot of a forward that starts here).
     async fn send(
         &mut self,
         peer: PeerId,
         key: Key,
         direction: Direction,
         payload: Vec<u8>,
+        weights: Option<[u8; 32]>,
     ) -> Result<(), P2pError> {
         let (route, step, mb) = key;
         let header = FrameHeader::for_payload(
@@ -220,9 +269,12 @@ impl Stage {
             &payload,
         )
         .map_err(P2pError::Frame)?;
-        self.client.send_frame(peer, &header, &payload).await?;
+        let receipt = self.client.send_frame(peer, &header, &payload).await?;
         self.counters.frames_sent += 1;
         self.counters.bytes_sent += payload.len() as u64;
+        if let Some(log) = &self.audit {
+            log.record(weights, &header, Some(Reply::Accepted(receipt).encode()), &payload);
+        }
         Ok(())
     }
 
@@ -247,9 +299,10 @@ impl Stage {
             let key = (self.cfg.route, step, mb);
             let id = self.id_for(key);
             let input = SliverInput::Tokens(self.trainer.tokens(&tokens.inputs, batch, seq)?);
+            let weights = self.weights_hash();
             let out = tokio::task::block_in_place(|| self.trainer.forward(id, input))?;
             let payload = encode_tensor(self.cfg.codec, &out);
-            match self.send(next, key, Direction::Activation, payload).await {
+            match self.send(next, key, Direction::Activation, payload, weights).await {
                 Ok(()) => {
                     pending.insert(key);
                 }
@@ -301,6 +354,7 @@ impl Stage {
             let shape = [batch, seq, self.width()];
             match decode_tensor(&frame.payload, shape, self.trainer.device()) {
                 Ok(g) => {
+                    self.record_received(None, &frame);
                     tokio::task::block_in_place(|| self.trainer.backward(id, g))?;
                     completed += 1;
                 }
@@ -358,6 +412,8 @@ impl Stage {
                     let mb = self.data.micro_batch(Split::Train, data_key, batch, seq)?;
                     let targets = self.trainer.tokens(&mb.targets, batch, seq)?;
                     let scale = 1.0 / self.cfg.micro_batches.max(1) as f32;
+                    let weights = self.weights_hash();
+                    self.record_received(weights, &frame);
                     let computed = tokio::task::block_in_place(|| {
                         self.trainer.forward_backward_last(SliverInput::Hidden(x), targets, scale)
                     });
@@ -374,7 +430,7 @@ impl Stage {
                     if let Some(g) = grad {
                         let payload = encode_tensor(self.cfg.codec, &g);
                         if let Err(e) =
-                            self.send(frame.peer, key, Direction::Gradient, payload).await
+                            self.send(frame.peer, key, Direction::Gradient, payload, None).await
                         {
                             tracing::warn!(peer = %frame.peer, error = %e, "gradient not delivered");
                         }
@@ -390,6 +446,7 @@ impl Stage {
                         self.trainer.abandon(old);
                     }
                     let id = self.id_for(key);
+                    let weights = self.weights_hash();
                     let computed = tokio::task::block_in_place(|| {
                         self.trainer.forward(id, SliverInput::Hidden(x))
                     });
@@ -403,8 +460,9 @@ impl Stage {
                             return Ok(None);
                         }
                     };
+                    self.record_received(weights, &frame);
                     let payload = encode_tensor(self.cfg.codec, &out);
-                    match self.send(next, key, Direction::Activation, payload).await {
+                    match self.send(next, key, Direction::Activation, payload, None).await {
                         Ok(()) => {
                             self.origin.insert(key, frame.peer);
                         }
@@ -434,10 +492,12 @@ impl Stage {
                             return Ok(None);
                         }
                     };
+                self.record_received(None, &frame);
                 if let Some(grad_in) = tokio::task::block_in_place(|| self.trainer.backward(id, g))?
                 {
                     let payload = encode_tensor(self.cfg.codec, &grad_in);
-                    if let Err(e) = self.send(origin, key, Direction::Gradient, payload).await {
+                    if let Err(e) = self.send(origin, key, Direction::Gradient, payload, None).await
+                    {
                         tracing::warn!(peer = %origin, error = %e, "gradient not delivered");
                     }
                 }
@@ -476,6 +536,7 @@ impl Stage {
             let lr = self.cfg.lr.at(self.steps);
             tokio::task::block_in_place(|| self.trainer.step(lr, factor));
             self.steps += 1;
+            self.snapshot = None;
         }
         self.done = 0;
         let loss = (!self.losses.is_empty())

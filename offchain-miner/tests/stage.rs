@@ -143,3 +143,121 @@ async fn a_neighbour_that_vanishes_costs_micro_batches_not_a_hang() {
     assert_eq!((r.completed, r.dropped), (0, 2), "{r:?}");
     assert_eq!(first.steps(), 0, "no optimiser step without a completed micro-batch");
 }
+
+/// A validator's replay of one audited micro-batch on both miners: it fetches the weights
+/// snapshot and payloads the audit names, checks the receipts, recomputes each sliver's output
+/// and finds the payload hashes the neighbours signed for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audits_let_a_validator_recompute_a_micro_batch() {
+    use sliver_engine::codec::{decode_tensor, encode_tensor};
+    use sliver_engine::data::{BatchKey, Split};
+    use sliver_engine::merge::{export_flat, import_flat};
+    use sliver_engine::SliverInput;
+    use sliver_miner::audit::{self, AuditCounters, AuditLog};
+    use sliver_miner::merge::decode_flat;
+    use sliver_p2p::{AuditRequest, Direction, FrameHeader, Reply};
+
+    let data = corpus();
+    let ((c0, in0, _s0), (c1, in1, _s1)) = connected_pair().await;
+    let (mut frames0, mut frames1) = (in0.frames, in1.frames);
+    let dir = std::env::temp_dir().join(format!("sliver-stage-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let logs = [
+        AuditLog::open(&dir.join("first"), 1, 1 << 30).unwrap(),
+        AuditLog::open(&dir.join("last"), 1, 1 << 30).unwrap(),
+    ];
+    let counters = [Arc::new(AuditCounters::default()), Arc::new(AuditCounters::default())];
+    tokio::spawn(audit::serve(logs[0].clone(), c0.clone(), in0.audits, counters[0].clone()));
+    tokio::spawn(audit::serve(logs[1].clone(), c1.clone(), in1.audits, counters[1].clone()));
+
+    let mut last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config())
+        .with_audit(logs[1].clone());
+    let server = tokio::spawn(async move {
+        let mut steps = 0;
+        while let Some(frame) = frames1.recv().await {
+            steps += usize::from(last.handle(frame, None).await.unwrap().is_some());
+            if steps == 3 {
+                break;
+            }
+        }
+    });
+    let (_epoch_tx, mut epoch) = watch::channel(3u64);
+    let mut first = Stage::new(trainer(0), c0.clone(), data.clone(), stage_config())
+        .with_audit(logs[0].clone());
+    for _ in 0..3 {
+        let r = first.first_step(c1.peer_id(), &mut frames0, &mut epoch).await.unwrap();
+        assert_eq!(r.completed, 2);
+    }
+    server.await.unwrap();
+
+    // The validator.
+    let (v, _vin, _, _vs) = node().await;
+    for c in [&c0, &c1] {
+        let addr = c.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+        v.dial(c.peer_id(), addr).await.unwrap();
+    }
+    // Step 2, micro-batch 1: the weights have moved twice since the start.
+    let req = AuditRequest { run: 1, epoch: 3, route: 0, step: 2, micro_batch: 1 };
+    let ans0 = v.audit(c0.peer_id(), req).await.unwrap().expect("the first sliver kept it");
+    let ans1 = v.audit(c1.peer_id(), req).await.unwrap().expect("the last sliver kept it");
+    let headers = |a: &sliver_p2p::AuditAnswer| -> Vec<FrameHeader> {
+        a.frames.iter().map(|f| FrameHeader::decode(&f.header).unwrap()).collect()
+    };
+    let (h0, h1) = (headers(&ans0), headers(&ans1));
+    // First sliver: the activation it sent (receipted by the last) and the gradient it got.
+    assert_eq!(
+        h0.iter().map(|h| h.direction).collect::<Vec<_>>(),
+        [Direction::Activation, Direction::Gradient]
+    );
+    // Last sliver: the same activation received, and the gradient it sent (receipted).
+    assert_eq!(h1, h0, "both miners account for the same two frames");
+    let signed_by = |receipt: &Option<Vec<u8>>, header: &FrameHeader, peer| match Reply::decode(
+        receipt.as_deref().expect("a sent frame carries its receipt"),
+    ) {
+        Some(Reply::Accepted(r)) => r.verify(&peer) && r.header_hash == header.hash(),
+        _ => false,
+    };
+    assert!(signed_by(&ans0.frames[0].receipt, &h0[0], c1.peer_id()));
+    assert!(signed_by(&ans1.frames[1].receipt, &h1[1], c0.peer_id()));
+    assert!(ans0.frames[1].receipt.is_none() && ans1.frames[0].receipt.is_none());
+
+    // Recompute the first sliver's forward from its snapshot and the deterministic tokens.
+    let cfg = stage_config();
+    let mut replay0 = trainer(0);
+    let like = export_flat(&mut replay0.sliver);
+    let w0 = v.fetch_blob(c0.peer_id(), ans0.weights, 1 << 24).await.unwrap();
+    import_flat(&mut replay0.sliver, &decode_flat(&w0, &like).unwrap()).unwrap();
+    assert_ne!(export_flat(&mut replay0.sliver), like, "a snapshot after two steps");
+    let key = BatchKey { run: 1, epoch: 3, replica: 0, step: 2, index: 1 };
+    let mb = data.micro_batch(Split::Train, key, cfg.batch, cfg.seq).unwrap();
+    let tokens = replay0.tokens(&mb.inputs, cfg.batch, cfg.seq).unwrap();
+    let out = replay0.forward(0, SliverInput::Tokens(tokens)).unwrap();
+    let sent = encode_tensor(cfg.codec, &out);
+    assert_eq!(*blake3::hash(&sent).as_bytes(), h0[0].payload_hash, "the forward replays bitwise");
+    // Another step's snapshot does not reproduce it.
+    let other =
+        v.audit(c0.peer_id(), AuditRequest { step: 0, ..req }).await.unwrap().expect("step 0 kept");
+    assert_ne!(other.weights, ans0.weights);
+
+    // Recompute the last sliver's loss gradient from its snapshot and the received activation.
+    let mut replay1 = trainer(1);
+    let like = export_flat(&mut replay1.sliver);
+    let w1 = v.fetch_blob(c1.peer_id(), ans1.weights, 1 << 24).await.unwrap();
+    import_flat(&mut replay1.sliver, &decode_flat(&w1, &like).unwrap()).unwrap();
+    let x_bytes = v.fetch_blob(c1.peer_id(), h1[0].payload_hash, 1 << 24).await.unwrap();
+    let x =
+        decode_tensor(&x_bytes, [cfg.batch, cfg.seq, model().d_model], replay1.device()).unwrap();
+    let targets = replay1.tokens(&mb.targets, cfg.batch, cfg.seq).unwrap();
+    let scale = 1.0 / cfg.micro_batches as f32;
+    let (_loss, grad) =
+        replay1.forward_backward_last(SliverInput::Hidden(x), targets, scale).unwrap();
+    let grad = encode_tensor(cfg.codec, &grad.unwrap());
+    assert_eq!(*blake3::hash(&grad).as_bytes(), h1[1].payload_hash, "the backward replays bitwise");
+
+    // What was never trained is not kept, and says so.
+    let none = AuditRequest { step: 40, ..req };
+    assert!(v.audit(c0.peer_id(), none).await.unwrap().is_none());
+    assert_eq!(counters[0].answered.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(counters[0].missed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -109,7 +109,9 @@ pub struct AuditRequest {
     pub run: u64,
     /// Epoch.
     pub epoch: u64,
-    /// Optimiser step within the epoch.
+    /// Route: the data replica (the first sliver's miner) that started the micro-batch.
+    pub route: u64,
+    /// Step of that route within the epoch (the first sliver's optimiser step).
     pub step: u64,
     /// Micro-batch within the step.
     pub micro_batch: u64,
@@ -120,7 +122,7 @@ pub struct AuditRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditAnswer {
     /// BLAKE3 of the weights snapshot the micro-batch was computed with; the miner serves it
-    /// as a blob.
+    /// as a blob (named tensors, `SLVF1` format, f32).
     pub weights: [u8; 32],
     /// The frames of this micro-batch the miner received and sent.
     pub frames: Vec<AuditedFrame>,

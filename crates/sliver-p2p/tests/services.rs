@@ -78,7 +78,7 @@ async fn audits_are_answered_by_the_application() {
     let validator = node().await;
     validator.client.dial(miner.client.peer_id(), miner.addr.clone()).await.unwrap();
 
-    let known = AuditRequest { run: 1, epoch: 4, step: 2, micro_batch: 3 };
+    let known = AuditRequest { run: 1, epoch: 4, route: 0, step: 2, micro_batch: 3 };
     tokio::spawn(async move {
         while let Some(q) = miner.inbound.audits.recv().await {
             let answer = (q.request == known).then(|| AuditAnswer {
@@ -106,7 +106,7 @@ async fn an_application_that_does_not_listen_for_audits_gives_a_clear_error() {
     let validator = node().await;
     validator.client.dial(miner.client.peer_id(), miner.addr.clone()).await.unwrap();
     drop(miner.inbound.audits);
-    let req = AuditRequest { run: 1, epoch: 1, step: 1, micro_batch: 1 };
+    let req = AuditRequest { run: 1, epoch: 1, route: 0, step: 1, micro_batch: 1 };
     let err = validator.client.audit(miner.client.peer_id(), req).await.unwrap_err();
     assert!(err.to_string().contains("has no answer"), "{err}");
 }

@@ -1,0 +1,647 @@
+//! The audit log: what a validator needs to recompute any micro-batch this miner trained in the
+//! current and the previous epoch, kept on disk and served on request.
+//!
+//! Per micro-batch (keyed by route, step and index, as the frames name it) the log keeps every
+//! frame the miner received and sent: the encoded header (its BLAKE3 is what receipts sign), the
+//! receipt its neighbour signed for each frame it sent, and the payload. Per optimiser step it
+//! keeps one snapshot of the sliver's weights (f32, the `SLVF1` format of [`crate::merge`]),
+//! taken before the step's first forward; each micro-batch names the snapshot its forward ran
+//! with. With the snapshot, the inputs (tokens rebuilt by deterministic sampling on the first
+//! sliver, the received activation otherwise) and, for the backward, the received gradient, a
+//! validator recomputes the sliver's outputs and compares them with the payload hashes in the
+//! headers the neighbours signed for.
+//!
+//! On disk: one append-only file per epoch, `epoch-<n>.log` under `<data dir>/audit/run-<id>/`,
+//! starting with `SLVA1`, then entries `[b'W'][len u32][weights]` and
+//! `[b'F'][has weights u8][weights hash 32?][header len u16][header][receipt len u16][receipt]
+//! [payload len u32][payload]` (little-endian). The index lives in memory and is rebuilt from the
+//! files when the miner restarts; a torn last entry (the process was killed mid-write) is cut
+//! off. Epochs older than the previous one are deleted at each boundary. A restarted miner
+//! starts the log of its current epoch afresh, because its step numbers start again from zero;
+//! the previous epoch's log stays answerable.
+//!
+//! The log stops growing at its disk budget (a warning says so once per epoch); micro-batches
+//! not recorded are answered "not kept", which a validator counts against the miner. A
+//! snapshot per step costs the sliver's size in f32 per step (1.7 MB for a sliver of the dev
+//! run's model): for large slivers the budget, not the epoch, bounds what is auditable. See
+//! docs/miner.md.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use sliver_p2p::{AuditAnswer, AuditQuery, AuditRequest, AuditedFrame, Client, FrameHeader};
+use tokio::sync::mpsc;
+
+const MAGIC: &[u8; 5] = b"SLVA1";
+/// Longest receipt kept (a `Reply::Accepted` encoding is about 110 bytes for ed25519).
+const MAX_RECEIPT: usize = 4096;
+
+/// Route, step, micro-batch.
+type Key = (u64, u64, u64);
+
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    offset: u64,
+    len: u64,
+}
+
+#[derive(Clone, Debug)]
+struct FrameEntry {
+    header: Vec<u8>,
+    receipt: Option<Vec<u8>>,
+    payload: Span,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Record {
+    weights: Option<[u8; 32]>,
+    frames: Vec<FrameEntry>,
+}
+
+struct EpochLog {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    /// Created by this process (a log left by an earlier process is read-only).
+    writable: bool,
+    weights: HashMap<[u8; 32], Span>,
+    records: HashMap<Key, Record>,
+    /// Blobs published to answer audits of this epoch (withdrawn when the epoch is dropped).
+    published: Vec<[u8; 32]>,
+    full: bool,
+}
+
+struct Inner {
+    dir: PathBuf,
+    run: u64,
+    budget: u64,
+    epochs: BTreeMap<u64, EpochLog>,
+    current: Option<u64>,
+}
+
+/// Figures of the log, for the status line and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuditStats {
+    /// Epochs held.
+    pub epochs: usize,
+    /// Micro-batches recorded (all epochs held).
+    pub micro_batches: usize,
+    /// Weight snapshots recorded.
+    pub snapshots: usize,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// What [`AuditLog::answer`] found: the answer, and the blobs to publish before sending it
+/// (the weights snapshot and every payload), by hash.
+pub struct Found {
+    /// The answer for the validator.
+    pub answer: AuditAnswer,
+    /// Blob bytes the answer names.
+    pub blobs: Vec<Vec<u8>>,
+}
+
+/// The miner's audit log (cheap to clone; one lock inside).
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl AuditLog {
+    /// Opens the log of training run `run` under `dir` (created if missing), reading the
+    /// epochs an earlier process left. At most `budget` bytes are written.
+    pub fn open(dir: &Path, run: u64, budget: u64) -> std::io::Result<Self> {
+        let dir = dir.join(format!("run-{run}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut epochs = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let Some(epoch) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("epoch-"))
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            match EpochLog::load(&path) {
+                Ok(log) => {
+                    epochs.insert(epoch, log);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "audit log unreadable; removed");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(AuditLog {
+            inner: Arc::new(Mutex::new(Inner { dir, run, budget, epochs, current: None })),
+        })
+    }
+
+    /// Starts recording `epoch` (a new log; nothing changes if it is current already or older
+    /// than the current one) and drops the epochs before the previous one. Returns the blobs
+    /// published for the dropped epochs' audits, for the caller to withdraw.
+    pub fn begin_epoch(&self, epoch: u64) -> Vec<[u8; 32]> {
+        let Ok(mut inner) = self.inner.lock() else { return Vec::new() };
+        if inner.current.is_some_and(|c| c >= epoch) {
+            return Vec::new();
+        }
+        inner.current = Some(epoch);
+        let mut withdrawn = Vec::new();
+        let stale: Vec<u64> =
+            inner.epochs.keys().copied().filter(|e| e.saturating_add(1) < epoch).collect();
+        for e in stale {
+            if let Some(log) = inner.epochs.remove(&e) {
+                withdrawn.extend(log.published);
+                let _ = std::fs::remove_file(&log.path);
+            }
+        }
+        let path = inner.dir.join(format!("epoch-{epoch}.log"));
+        if let Some(old) = inner.epochs.remove(&epoch) {
+            // Left by an earlier process of this miner: its steps are numbered again from zero.
+            withdrawn.extend(old.published);
+        }
+        match EpochLog::create(&path) {
+            Ok(log) => {
+                inner.epochs.insert(epoch, log);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot create the audit log; this epoch is not auditable")
+            }
+        }
+        withdrawn
+    }
+
+    /// Records the weights snapshot `bytes` for `epoch`; returns its BLAKE3 hash, or `None` if
+    /// the epoch is not being recorded or the budget is spent.
+    pub fn snapshot(&self, epoch: u64, bytes: &[u8]) -> Option<[u8; 32]> {
+        let hash = *blake3::hash(bytes).as_bytes();
+        let mut inner = self.inner.lock().ok()?;
+        let room = inner.room();
+        let log = inner.epochs.get_mut(&epoch).filter(|l| l.writable)?;
+        if log.weights.contains_key(&hash) {
+            return Some(hash);
+        }
+        let mut entry = Vec::with_capacity(5);
+        entry.push(b'W');
+        entry.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        let offset = log.append(&[&entry, bytes], room, epoch)?;
+        log.weights.insert(hash, Span { offset: offset + 5, len: bytes.len() as u64 });
+        Some(hash)
+    }
+
+    /// Records one frame received or sent in `header.epoch` (with the neighbour's receipt bytes
+    /// for a frame sent), and, for the frame that started the micro-batch's forward here, the
+    /// weights snapshot it ran with.
+    pub fn record(
+        &self,
+        weights: Option<[u8; 32]>,
+        header: &FrameHeader,
+        receipt: Option<Vec<u8>>,
+        payload: &[u8],
+    ) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let room = inner.room();
+        let Some(log) = inner.epochs.get_mut(&header.epoch).filter(|l| l.writable) else {
+            return;
+        };
+        let head = header.encode();
+        let receipt = receipt.filter(|r| r.len() <= MAX_RECEIPT);
+        let mut entry = Vec::with_capacity(64 + head.len());
+        entry.push(b'F');
+        match weights {
+            Some(w) => {
+                entry.push(1);
+                entry.extend_from_slice(&w);
+            }
+            None => entry.push(0),
+        }
+        entry.extend_from_slice(&(head.len() as u16).to_le_bytes());
+        entry.extend_from_slice(&head);
+        let r = receipt.as_deref().unwrap_or_default();
+        entry.extend_from_slice(&(r.len() as u16).to_le_bytes());
+        entry.extend_from_slice(r);
+        entry.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let Some(offset) = log.append(&[&entry, payload], room, header.epoch) else { return };
+        let span = Span { offset: offset + entry.len() as u64, len: payload.len() as u64 };
+        log.index(header, weights, head, receipt, span);
+    }
+
+    /// The account of the micro-batch `req` asks for, if it is kept: headers, receipts, and
+    /// the bytes of the weights snapshot and payloads to serve as blobs. Reads the disk: call it
+    /// off the async threads.
+    pub fn answer(&self, req: &AuditRequest) -> std::io::Result<Option<Found>> {
+        let Ok(inner) = self.inner.lock() else { return Ok(None) };
+        if req.run != inner.run {
+            return Ok(None);
+        }
+        let Some(log) = inner.epochs.get(&req.epoch) else { return Ok(None) };
+        let Some(record) = log.records.get(&(req.route, req.step, req.micro_batch)) else {
+            return Ok(None);
+        };
+        let Some(weights) = record.weights else { return Ok(None) };
+        let Some(span) = log.weights.get(&weights) else { return Ok(None) };
+        let mut blobs = vec![log.read(*span)?];
+        let mut frames = Vec::new();
+        for f in record.frames.iter().take(sliver_p2p::control::MAX_AUDIT_FRAMES) {
+            blobs.push(log.read(f.payload)?);
+            frames.push(AuditedFrame {
+                header: f.header.clone(),
+                receipt: f.receipt.clone(),
+                payload_published: true,
+            });
+        }
+        Ok(Some(Found { answer: AuditAnswer { weights, frames }, blobs }))
+    }
+
+    /// Notes blobs published to answer an audit of `epoch`, to withdraw with the epoch.
+    pub fn note_published(&self, epoch: u64, hashes: impl IntoIterator<Item = [u8; 32]>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if let Some(log) = inner.epochs.get_mut(&epoch) {
+                log.published.extend(hashes);
+            }
+        }
+    }
+
+    /// Figures for the status line.
+    pub fn stats(&self) -> AuditStats {
+        let Ok(inner) = self.inner.lock() else { return AuditStats::default() };
+        AuditStats {
+            epochs: inner.epochs.len(),
+            micro_batches: inner.epochs.values().map(|l| l.records.len()).sum(),
+            snapshots: inner.epochs.values().map(|l| l.weights.len()).sum(),
+            bytes: inner.used(),
+        }
+    }
+}
+
+impl Inner {
+    fn used(&self) -> u64 {
+        self.epochs.values().map(|l| l.len).sum()
+    }
+
+    fn room(&self) -> u64 {
+        self.budget.saturating_sub(self.used())
+    }
+}
+
+impl EpochLog {
+    fn create(path: &Path) -> std::io::Result<Self> {
+        let mut file =
+            OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
+        file.write_all(MAGIC)?;
+        Ok(EpochLog {
+            path: path.to_path_buf(),
+            file,
+            len: MAGIC.len() as u64,
+            writable: true,
+            weights: HashMap::new(),
+            records: HashMap::new(),
+            published: Vec::new(),
+            full: false,
+        })
+    }
+
+    /// Reads a log an earlier process wrote, cutting off a torn last entry.
+    fn load(path: &Path) -> std::io::Result<Self> {
+        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(std::io::Error::other("not a Sliver audit log"));
+        }
+        let mut log = EpochLog {
+            path: path.to_path_buf(),
+            file,
+            len: MAGIC.len() as u64,
+            writable: false,
+            weights: HashMap::new(),
+            records: HashMap::new(),
+            published: Vec::new(),
+            full: false,
+        };
+        let mut at = MAGIC.len();
+        while at < bytes.len() {
+            match parse_entry(&bytes, at) {
+                Some((Entry::Weights(span), next)) => {
+                    let w = &bytes[span.offset as usize..(span.offset + span.len) as usize];
+                    log.weights.insert(*blake3::hash(w).as_bytes(), span);
+                    at = next;
+                }
+                Some((Entry::Frame { weights, header, receipt, payload }, next)) => {
+                    if let Ok(h) = FrameHeader::decode(&header) {
+                        log.index(&h, weights, header, receipt, payload);
+                    }
+                    at = next;
+                }
+                None => break,
+            }
+        }
+        if at < bytes.len() {
+            tracing::warn!(path = %path.display(), cut = bytes.len() - at, "audit log ended in a torn entry; cut off");
+            log.file.set_len(at as u64)?;
+        }
+        log.len = at as u64;
+        Ok(log)
+    }
+
+    /// Appends `parts` as one entry; returns its offset, or `None` if it does not fit in `room`
+    /// or cannot be written.
+    fn append(&mut self, parts: &[&[u8]], room: u64, epoch: u64) -> Option<u64> {
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if self.full {
+            return None;
+        }
+        if len > room {
+            self.full = true;
+            tracing::warn!(
+                epoch,
+                "the audit log reached its disk budget (audit_disk_mib); later micro-batches of \
+                 this epoch are not auditable"
+            );
+            return None;
+        }
+        let offset = self.len;
+        for p in parts {
+            if let Err(e) = self.file.write_all_at(p, self.len) {
+                tracing::warn!(error = %e, "audit log write failed; this epoch stops recording");
+                self.full = true;
+                // Leave no torn entry behind.
+                let _ = self.file.set_len(offset);
+                self.len = offset;
+                return None;
+            }
+            self.len += p.len() as u64;
+        }
+        Some(offset)
+    }
+
+    fn index(
+        &mut self,
+        header: &FrameHeader,
+        weights: Option<[u8; 32]>,
+        head: Vec<u8>,
+        receipt: Option<Vec<u8>>,
+        payload: Span,
+    ) {
+        let record =
+            self.records.entry((header.route, header.step, header.micro_batch)).or_default();
+        if record.weights.is_none() {
+            record.weights = weights;
+        }
+        if record.frames.len() < sliver_p2p::control::MAX_AUDIT_FRAMES {
+            record.frames.push(FrameEntry { header: head, receipt, payload });
+        }
+    }
+
+    fn read(&self, span: Span) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; span.len as usize];
+        self.file.read_exact_at(&mut buf, span.offset)?;
+        Ok(buf)
+    }
+}
+
+enum Entry {
+    Weights(Span),
+    Frame { weights: Option<[u8; 32]>, header: Vec<u8>, receipt: Option<Vec<u8>>, payload: Span },
+}
+
+/// Parses the entry at `at`; `None` if it is torn or malformed.
+fn parse_entry(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
+    let mut r = Cursor { bytes, at };
+    match r.take(1)?[0] {
+        b'W' => {
+            let len = r.u32()? as usize;
+            let offset = r.at;
+            r.take(len)?;
+            Some((Entry::Weights(Span { offset: offset as u64, len: len as u64 }), r.at))
+        }
+        b'F' => {
+            let weights = match r.take(1)?[0] {
+                0 => None,
+                1 => Some(<[u8; 32]>::try_from(r.take(32)?).ok()?),
+                _ => return None,
+            };
+            let hl = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
+            if hl > sliver_p2p::frame::MAX_HEADER_LEN {
+                return None;
+            }
+            let header = r.take(hl)?.to_vec();
+            let rl = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
+            if rl > MAX_RECEIPT {
+                return None;
+            }
+            let receipt = (rl > 0).then(|| r.take(rl).map(<[u8]>::to_vec)).flatten();
+            if rl > 0 && receipt.is_none() {
+                return None;
+            }
+            let len = r.u32()? as usize;
+            let offset = r.at;
+            r.take(len)?;
+            let payload = Span { offset: offset as u64, len: len as u64 };
+            Some((Entry::Frame { weights, header, receipt, payload }, r.at))
+        }
+        _ => None,
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let s = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(s)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+/// Audits answered, not kept, and being answered.
+#[derive(Debug, Default)]
+pub struct AuditCounters {
+    /// Answered from the log.
+    pub answered: AtomicU64,
+    /// Asked for micro-batches the log does not hold.
+    pub missed: AtomicU64,
+    /// Being answered now.
+    pub pending: AtomicU64,
+}
+
+/// Answers validators' audits from `log`, each in its own task: the log is read off the async
+/// threads, the weights snapshot and payloads are published as blobs on `client`, then the
+/// answer goes out (well within the asker's request timeout for what the log holds).
+pub async fn serve(
+    log: AuditLog,
+    client: Client,
+    mut queries: mpsc::Receiver<AuditQuery>,
+    counters: Arc<AuditCounters>,
+) {
+    while let Some(q) = queries.recv().await {
+        let (log, client, counters) = (log.clone(), client.clone(), counters.clone());
+        counters.pending.fetch_add(1, Relaxed);
+        tokio::spawn(async move {
+            let req = q.request;
+            let l = log.clone();
+            let answer = match tokio::task::spawn_blocking(move || l.answer(&req)).await {
+                Ok(Ok(Some(found))) => {
+                    let mut hashes = Vec::new();
+                    for b in found.blobs {
+                        match client.publish_blob(b) {
+                            Ok(h) => hashes.push(h),
+                            Err(e) => tracing::warn!(error = %e, "audit blob not published"),
+                        }
+                    }
+                    log.note_published(req.epoch, hashes);
+                    Some(found.answer)
+                }
+                Ok(Ok(None)) | Err(_) => None,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "audit log unreadable");
+                    None
+                }
+            };
+            tracing::debug!(peer = %q.peer, ?req, kept = answer.is_some(), "audit answered");
+            counters.pending.fetch_sub(1, Relaxed);
+            if answer.is_some() {
+                counters.answered.fetch_add(1, Relaxed);
+            } else {
+                counters.missed.fetch_add(1, Relaxed);
+            }
+            q.respond(answer).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sliver_p2p::Direction;
+
+    fn header(epoch: u64, step: u64, mb: u64, direction: Direction) -> (FrameHeader, Vec<u8>) {
+        let values: Vec<f32> = (0..8).map(|i| (i + step * 10 + mb) as f32).collect();
+        let payload = sliver_wire::encode(sliver_wire::WireCodec::F32, &[2, 4], &values);
+        let h = FrameHeader::for_payload(7, epoch, step, mb, 1, 0, direction, &payload).unwrap();
+        (h, payload)
+    }
+
+    fn req(epoch: u64, step: u64, mb: u64) -> AuditRequest {
+        AuditRequest { run: 7, epoch, route: 1, step, micro_batch: mb }
+    }
+
+    #[test]
+    fn records_answers_and_survives_a_restart() {
+        let dir = tempdir();
+        let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
+        assert!(log.begin_epoch(3).is_empty());
+        let w = log.snapshot(3, b"weights of step 0").unwrap();
+        let (h0, p0) = header(3, 0, 0, Direction::Activation);
+        log.record(Some(w), &h0, Some(b"receipt".to_vec()), &p0);
+        let (h1, p1) = header(3, 0, 0, Direction::Gradient);
+        log.record(None, &h1, None, &p1);
+
+        let found = log.answer(&req(3, 0, 0)).unwrap().unwrap();
+        assert_eq!(found.answer.weights, w);
+        assert_eq!(found.answer.frames.len(), 2);
+        assert_eq!(found.answer.frames[0].header, h0.encode());
+        assert_eq!(found.answer.frames[0].receipt.as_deref(), Some(&b"receipt"[..]));
+        assert_eq!(found.answer.frames[1].receipt, None);
+        assert_eq!(found.blobs, vec![b"weights of step 0".to_vec(), p0.clone(), p1.clone()]);
+        assert!(log.answer(&req(3, 0, 1)).unwrap().is_none(), "never recorded");
+        assert!(log.answer(&AuditRequest { run: 8, ..req(3, 0, 0) }).unwrap().is_none());
+
+        // A restart (with a torn entry at the end) reads the epoch back.
+        drop(log);
+        let path = dir.join("run-7/epoch-3.log");
+        let good = std::fs::metadata(&path).unwrap().len();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[b'F', 0, 9]).unwrap();
+        let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good, "torn entry cut off");
+        let again = log.answer(&req(3, 0, 0)).unwrap().unwrap();
+        assert_eq!(again.blobs, found.blobs);
+        assert_eq!(again.answer, found.answer);
+
+        // The next epoch keeps the previous one; the one after drops it.
+        log.note_published(3, [[9u8; 32]]);
+        log.begin_epoch(4);
+        assert!(log.answer(&req(3, 0, 0)).unwrap().is_some());
+        assert_eq!(log.begin_epoch(5), vec![[9u8; 32]]);
+        assert!(log.answer(&req(3, 0, 0)).unwrap().is_none());
+        assert!(!path.exists());
+        assert!(log.begin_epoch(2).is_empty(), "an older epoch changes nothing");
+        assert_eq!(log.stats().epochs, 2);
+    }
+
+    #[test]
+    fn a_restart_starts_the_current_epoch_afresh() {
+        let dir = tempdir();
+        let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
+        log.begin_epoch(3);
+        let w = log.snapshot(3, b"w").unwrap();
+        let (h, p) = header(3, 0, 0, Direction::Activation);
+        log.record(Some(w), &h, None, &p);
+        drop(log);
+        let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
+        assert!(log.answer(&req(3, 0, 0)).unwrap().is_some(), "readable before it restarts");
+        log.begin_epoch(3);
+        assert!(log.answer(&req(3, 0, 0)).unwrap().is_none(), "step 0 will be trained again");
+    }
+
+    #[test]
+    fn the_budget_bounds_the_log() {
+        let dir = tempdir();
+        let log = AuditLog::open(&dir, 7, 600).unwrap();
+        log.begin_epoch(1);
+        let w = log.snapshot(1, &[1u8; 100]).unwrap();
+        let mut kept = 0;
+        for mb in 0..20 {
+            let (h, p) = header(1, 0, mb, Direction::Activation);
+            log.record(Some(w), &h, None, &p);
+            kept += usize::from(log.answer(&req(1, 0, mb)).unwrap().is_some());
+        }
+        assert!(kept > 0 && kept < 20, "kept {kept}");
+        assert!(log.stats().bytes <= 600, "{:?}", log.stats());
+        assert!(log.snapshot(1, &[2u8; 100]).is_none(), "full for the rest of the epoch");
+    }
+
+    #[test]
+    fn garbage_is_not_a_log() {
+        let dir = tempdir();
+        let run = dir.join("run-7");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("epoch-2.log"), b"not an audit log").unwrap();
+        std::fs::write(run.join("epoch-3.log"), [MAGIC.as_slice(), &[b'F', 1, 2, 3]].concat())
+            .unwrap();
+        let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
+        assert_eq!(log.stats().epochs, 1, "the bad-magic file is removed, the torn one kept");
+        assert!(!run.join("epoch-2.log").exists());
+        assert_eq!(std::fs::metadata(run.join("epoch-3.log")).unwrap().len(), 5);
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "sliver-audit-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
