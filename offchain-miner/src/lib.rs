@@ -9,9 +9,9 @@
 //!   for the current and previous epoch, from which validators' audits are answered.
 //! - [`run`]: `sliver-miner run`: the chain follower, the P2P node, the training loop, merges
 //!   with replicas at epoch boundaries and weight commitments on chain.
-//! - [`merge`]: pseudo-gradients and weights over the network; [`config`], [`keys`] and
-//!   [`availability`]: the operator's side (TOML configuration, accounts and node keys, idle
-//!   windows).
+//! - [`merge`]: pseudo-gradients and weights over the network; [`config`], [`keys`],
+//!   [`availability`] and [`ledger`]: the operator's side (TOML configuration, accounts and
+//!   node keys, idle windows, hours contributed and earnings).
 //!
 //! Status against the miner issue: `docs/miner.md`.
 
@@ -19,6 +19,7 @@ pub mod audit;
 pub mod availability;
 pub mod config;
 pub mod keys;
+pub mod ledger;
 pub mod merge;
 pub mod run;
 pub mod stage;

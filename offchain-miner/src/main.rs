@@ -211,6 +211,26 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
                 balance % 1_000_000_000_000
             );
             println!("chain {}: epoch {} ({:?})", cfg.rpc_url, info.epoch, info.phase);
+            let ledger_path = sliver_miner::ledger::Ledger::path(&cfg.data_dir);
+            let mut ledger =
+                sliver_miner::ledger::Ledger::load(&ledger_path).map_err(|e| anyhow!(e))?;
+            ledger.for_account(&who.to_string());
+            println!(
+                "contributed {:.2} hours of training ({} windows); earned {} in {} payouts (scanned to block {})",
+                ledger.hours(),
+                ledger.runs.values().map(|r| r.windows).sum::<u64>(),
+                sliver_miner::ledger::slv(ledger.earned()),
+                ledger.payouts,
+                ledger.scanned_to,
+            );
+            for (run, r) in &ledger.runs {
+                println!(
+                    "  {run}: {:.2} h, {} tokens, {} steps",
+                    r.trained_secs / 3600.0,
+                    r.tokens,
+                    r.steps
+                );
+            }
             match chain.uid_of(&who).await? {
                 None => println!("not registered (run `sliver-miner register`)"),
                 Some(uid) => {

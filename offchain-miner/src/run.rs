@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::audit::{AuditCounters, AuditLog};
 use crate::availability::{load_average, Schedule};
 use crate::config::MinerConfig;
+use crate::ledger::{slv, Ledger};
 use crate::merge::{decode_flat, encode_flat, fetch_named};
 use crate::stage::{Stage, StageConfig, StageError};
 
@@ -76,6 +77,8 @@ pub struct Metrics {
     pub peers: usize,
     /// Seconds spent training.
     pub trained_secs: f64,
+    /// Earned as a miner, in plancks, over this account's ledger.
+    pub earned: u128,
     /// Validators' audits: answered, not kept, pending.
     pub audits: Arc<AuditCounters>,
     /// Mean loss of the first five optimiser steps (last sliver).
@@ -189,6 +192,20 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         cfg.audit_disk_mib.saturating_mul(1 << 20),
     )
     .with_context(|| format!("cannot open the audit log under {}", cfg.data_dir.display()))?;
+    let ledger_path = Ledger::path(&cfg.data_dir);
+    let mut book = Ledger::load(&ledger_path).map_err(|e| anyhow!(e))?;
+    book.for_account(&who.to_string());
+    book.run(run.id).windows += 1;
+    book.save(&ledger_path).map_err(|e| anyhow!(e))?;
+    let ledger =
+        Arc::new(Mutex::new(LedgerKeeper { book, path: ledger_path, seen: Seen::default() }));
+    tokio::spawn(keep_ledger(
+        ledger.clone(),
+        metrics.clone(),
+        cfg.rpc_url.clone(),
+        who.clone(),
+        run.id,
+    ));
     let audits = metrics.lock().map(|m| m.audits.clone()).unwrap_or_default();
     tokio::spawn(crate::audit::serve(
         audit.clone(),
@@ -361,6 +378,9 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 if let Ok(m) = metrics.lock() {
                     println!("{}", m.summary(uid));
                 }
+                if let Ok(mut l) = ledger.lock() {
+                    l.update(&metrics, run.id);
+                }
                 client.shutdown().await;
                 return Ok(());
             }
@@ -463,6 +483,93 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The ledger and what of this process's work it already counts.
+struct LedgerKeeper {
+    book: Ledger,
+    path: PathBuf,
+    seen: Seen,
+}
+
+/// This process's figures the ledger already holds.
+#[derive(Default)]
+struct Seen {
+    trained_secs: f64,
+    tokens: u64,
+    steps: u64,
+}
+
+impl LedgerKeeper {
+    /// Adds the work done since the last update and saves.
+    fn update(&mut self, metrics: &Mutex<Metrics>, run: u32) {
+        let Ok(m) = metrics.lock() else { return };
+        let entry = self.book.run(run);
+        entry.trained_secs += (m.trained_secs - self.seen.trained_secs).max(0.0);
+        entry.tokens += m.tokens.saturating_sub(self.seen.tokens);
+        entry.steps += m.steps.saturating_sub(self.seen.steps);
+        self.seen = Seen { trained_secs: m.trained_secs, tokens: m.tokens, steps: m.steps };
+        drop(m);
+        if let Err(e) = self.book.save(&self.path) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Every 10 s: scans the finalized blocks since the last scan for payouts to `who`, adds the
+/// work done, saves the ledger.
+async fn keep_ledger(
+    ledger: Arc<Mutex<LedgerKeeper>>,
+    metrics: Arc<Mutex<Metrics>>,
+    url: String,
+    who: sliver_chain::AccountId,
+    run: u32,
+) {
+    let mut chain: Option<ChainClient> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if chain.is_none() {
+            chain = ChainClient::connect(&url).await.ok();
+        }
+        if let Some(c) = &chain {
+            if let Err(e) = scan_payouts(c, &ledger, &metrics, &who).await {
+                tracing::debug!(error = %e, "payout scan interrupted; retried in 10 s");
+                chain = None;
+            }
+        }
+        if let Ok(mut l) = ledger.lock() {
+            l.update(&metrics, run);
+        }
+    }
+}
+
+/// Blocks a pruning node still holds the state of, behind its finalized head.
+const SCAN_BACK: u32 = 250;
+
+async fn scan_payouts(
+    chain: &ChainClient,
+    ledger: &Mutex<LedgerKeeper>,
+    metrics: &Mutex<Metrics>,
+    who: &sliver_chain::AccountId,
+) -> anyhow::Result<()> {
+    let head = chain.head().await?.finalized as u32;
+    let from = {
+        let l = ledger.lock().map_err(|_| anyhow!("ledger lock"))?;
+        l.book.scanned_to.saturating_add(1).max(head.saturating_sub(SCAN_BACK))
+    };
+    for block in from..=head {
+        let (amount, count) = chain.miner_payouts_at(block, who).await?;
+        let mut l = ledger.lock().map_err(|_| anyhow!("ledger lock"))?;
+        if count > 0 {
+            l.book.add_earnings(amount, count);
+            tracing::info!(block, amount = %slv(amount), total = %slv(l.book.earned()), "paid");
+        }
+        l.book.scanned_to = block;
+        if let Ok(mut m) = metrics.lock() {
+            m.earned = l.book.earned();
+        }
+    }
+    Ok(())
 }
 
 /// Counters of the stages this run trained before its current one.
@@ -921,7 +1028,7 @@ async fn status_line(
             .unwrap_or_else(|| "-".into());
         let loss = m.loss.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into());
         eprintln!(
-            "[miner uid {uid}] epoch {} | sliver {} | step {} | {rate:.0} tok/s | loss {loss} | next {next} | peers {peers} | sent {:.1} MB | dropped {} | merges {} | commitments {} | audits {} pending, {} answered, {} not kept",
+            "[miner uid {uid}] epoch {} | sliver {} | step {} | {rate:.0} tok/s | loss {loss} | next {next} | peers {peers} | sent {:.1} MB | dropped {} | merges {} | commitments {} | audits {} pending, {} answered, {} not kept | earned {}",
             m.epoch,
             m.sliver.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             m.steps,
@@ -932,6 +1039,7 @@ async fn status_line(
             m.audits.pending.load(Relaxed),
             m.audits.answered.load(Relaxed),
             m.audits.missed.load(Relaxed),
+            slv(m.earned),
         );
     }
 }
@@ -969,6 +1077,7 @@ async fn serve_metrics(port: u16, metrics: Arc<Mutex<Metrics>>, uid: u16) {
                     m.commitments as f64,
                 ),
                 ("sliver_miner_peers", "connected peers", m.peers as f64),
+                ("sliver_miner_earned_plancks", "earned as a miner (ledger)", m.earned as f64),
                 (
                     "sliver_miner_audits_answered_total",
                     "audits answered",

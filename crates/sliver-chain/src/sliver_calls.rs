@@ -237,6 +237,26 @@ impl ChainClient {
         }
     }
 
+    /// What the rewards pallet paid `who` as a miner in block `number` (`MinerPaid` events),
+    /// and how many payouts that was. Fails once the node has pruned that block's state.
+    pub async fn miner_payouts_at(
+        &self,
+        number: u32,
+        who: &AccountId,
+    ) -> Result<(Balance, u32), ChainError> {
+        let at = self.api().at_block(number).await.map_err(rpc)?;
+        let events = at.events().fetch().await.map_err(rpc)?;
+        let (mut sum, mut count) = (0 as Balance, 0u32);
+        for e in events.find::<sliver::sliver_rewards::events::MinerPaid>() {
+            let e = e.map_err(rpc)?;
+            if &e.who == who {
+                sum = sum.saturating_add(e.amount);
+                count = count.saturating_add(1);
+            }
+        }
+        Ok((sum, count))
+    }
+
     /// Bonds `amount` more validator stake.
     pub async fn bond(&self, signer: &Keypair, amount: Balance) -> Result<(), ChainError> {
         let call = sliver::tx().sliver_registry().bond(amount);
