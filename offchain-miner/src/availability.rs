@@ -103,6 +103,7 @@ mod tests {
             windows: vec!["22:00-06:30".into()],
             days: vec!["fri".into(), "Saturday".into()],
             max_other_load: 1.5,
+            ..Availability::default()
         })
         .unwrap();
         assert!(!nights.allows(at(4, 21, 59), None), "Friday before the window");
@@ -123,7 +124,7 @@ mod tests {
             let a = Availability {
                 windows: vec![w.into()],
                 days: if d.is_empty() { vec![] } else { vec![d.into()] },
-                max_other_load: 0.0,
+                ..Availability::default()
             };
             assert!(Schedule::parse(&a).is_err(), "{w} {d}");
         }

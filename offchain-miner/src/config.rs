@@ -57,6 +57,9 @@ pub struct Availability {
     /// Train only while the 1-minute load average, less this miner's own share, stays below
     /// this (0: no threshold).
     pub max_other_load: f64,
+    /// While this file exists the miner does not train (`touch` it to leave the pipeline
+    /// cleanly now, remove it to rejoin). Default: `<data_dir>/pause`.
+    pub pause_file: Option<PathBuf>,
 }
 
 impl Default for MinerConfig {

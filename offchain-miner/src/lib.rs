@@ -11,7 +11,8 @@
 //!   with replicas at epoch boundaries and weight commitments on chain.
 //! - [`merge`]: pseudo-gradients and weights over the network; [`config`], [`keys`],
 //!   [`availability`] and [`ledger`]: the operator's side (TOML configuration, accounts and
-//!   node keys, idle windows, hours contributed and earnings).
+//!   node keys, idle windows, hours contributed and earnings); [`presence`]: leaving and
+//!   rejoining the pipeline at the edges of a window.
 //!
 //! Status against the miner issue: `docs/miner.md`.
 
@@ -21,5 +22,6 @@ pub mod config;
 pub mod keys;
 pub mod ledger;
 pub mod merge;
+pub mod presence;
 pub mod run;
 pub mod stage;

@@ -19,7 +19,10 @@ use sliver_engine::data::{ByteTokenizer, Dataset, Source};
 use sliver_engine::merge::{self as engine_merge, Flat, OuterOptimizer};
 use sliver_engine::optim::{AdamWConfig, LrSchedule};
 use sliver_engine::{GptConfig, SliverSpec, SliverTrainer};
-use sliver_p2p::{Client, ControlRequest, Multiaddr, NetworkConfig, NodeStatus, PeerId};
+use sliver_p2p::{
+    Client, ControlRequest, ControlResponse, Multiaddr, NetworkConfig, NodeStatus, PeerId,
+    PresenceNotice,
+};
 use sliver_wire::WireCodec;
 use tokio::sync::watch;
 
@@ -28,6 +31,7 @@ use crate::availability::{load_average, Schedule};
 use crate::config::MinerConfig;
 use crate::ledger::{slv, Ledger};
 use crate::merge::{decode_flat, encode_flat, fetch_named};
+use crate::presence::{announce, Presence};
 use crate::stage::{Stage, StageConfig, StageError};
 
 /// Options of one `run` beyond the configuration.
@@ -216,6 +220,21 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
     let (view_tx, mut view_rx) = watch::channel(View::default());
     let (epoch_tx, mut epoch_rx) = watch::channel(0u64);
     tokio::spawn(follow_chain(cfg.rpc_url.clone(), uid, view_tx, epoch_tx));
+    let presence = Presence::default();
+    let views = view_rx.clone();
+    let run_id = run.id as u64;
+    let accept = move |peer: &PeerId, n: &PresenceNotice| {
+        n.run == run_id && views.borrow().slivers.values().flatten().any(|(_, p, _)| p == peer)
+    };
+    tokio::spawn(crate::presence::serve(
+        presence.clone(),
+        client.clone(),
+        inbound.notices,
+        accept,
+        MAX_HANDOFF_BYTES,
+    ));
+    let pause_file =
+        cfg.availability.pause_file.clone().unwrap_or_else(|| cfg.data_dir.join("pause"));
     if cfg.metrics_port != 0 {
         tokio::spawn(serve_metrics(cfg.metrics_port, metrics.clone(), uid));
     }
@@ -274,6 +293,8 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
     let mut boundaries = 0u64;
     let mut next: Option<(PeerId, Duration)> = None;
     let mut excluded: Vec<PeerId> = Vec::new();
+    let mut was_training = false;
+    let mut windows_started = 0u64;
     tracing::info!(
         uid,
         sliver = training.sliver,
@@ -297,7 +318,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 .map(|(_, p, _)| *p)
                 .collect();
             let total_steps = commit_base + carried.steps + training.stage.steps();
-            match merge_round(&mut training, &status_tx, &replicas, ended).await {
+            match merge_round(&mut training, &status_tx, &replicas, ended, &presence).await {
                 Ok(m) if m.trained => {
                     tracing::info!(
                         epoch = ended,
@@ -396,7 +417,9 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let training_now = view.sliver.is_some() && schedule.allows(now.as_secs(), load_average());
+        let training_now = view.sliver.is_some()
+            && !pause_file.exists()
+            && schedule.allows(now.as_secs(), load_average());
         // What status and "who serves" answer: the epoch, and this sliver while training.
         let serving: Vec<u16> = training_now.then_some(training.sliver).into_iter().collect();
         status_tx.send_if_modified(|st| {
@@ -405,10 +428,76 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             st.epoch = view.epoch;
             changed
         });
+        if training_now != was_training {
+            let peers = Peers::of(&view, training.sliver, client.peer_id());
+            let mut notice = PresenceNotice {
+                run: run.id as u64,
+                epoch: view.epoch,
+                sliver: training.sliver,
+                available: training_now,
+                merge: None,
+            };
+            if training_now {
+                let told = announce(&client, &peers.all(), notice).await;
+                if windows_started > 0 {
+                    tracing::info!(told, "rejoined the pipeline");
+                    if let Ok(mut l) = ledger.lock() {
+                        l.book.run(run.id).windows += 1;
+                    }
+                }
+                windows_started += 1;
+            } else if view.sliver.is_some() {
+                // Leaving: neighbours stop sending work, what is in flight is finished, the
+                // replicas get this epoch's pseudo-gradient.
+                let told = announce(&client, &peers.all(), notice).await;
+                let following = next.map(|(p, _)| p);
+                let quiet = Duration::from_millis(500);
+                let limit = Duration::from_secs(cfg.grad_timeout_secs.clamp(1, 30));
+                let before = training.stage.counters.tokens;
+                match training.stage.drain(&mut inbound.frames, following, quiet, limit).await {
+                    Ok(reports) => {
+                        for r in reports.iter().filter_map(|r| r.loss) {
+                            if let Ok(mut m) = metrics.lock() {
+                                m.record_loss(r);
+                            }
+                        }
+                    }
+                    Err(StageError::Stopped) => bail!("the P2P node stopped"),
+                    Err(e) => tracing::warn!(error = %e, "in-flight micro-batches not finished"),
+                }
+                let finished = training.stage.counters.tokens - before;
+                let handed = match publish_delta(&mut training, &status_tx, view.epoch) {
+                    Ok((_, Some((hash, _)))) => {
+                        notice.merge = Some(hash);
+                        announce(&client, &peers.replicas, notice).await
+                    }
+                    Ok((_, None)) => 0,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pseudo-gradient not handed over");
+                        0
+                    }
+                };
+                tracing::info!(
+                    told,
+                    of = peers.all().len(),
+                    finished_tokens = finished,
+                    handed_to = handed,
+                    replicas = peers.replicas.len(),
+                    "left the pipeline (outside the availability window or paused)"
+                );
+                next = None;
+            }
+            was_training = training_now;
+        }
         if !training_now {
-            tracing::info!("not training now (outside the availability windows or not assigned)");
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tracing::debug!(
+                "not training now (outside the availability windows, paused, or not assigned)"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
+        }
+        if next.is_some_and(|(p, _)| presence.is_away(&p)) {
+            next = None;
         }
         let sliver = training.sliver;
         let began = Instant::now();
@@ -417,9 +506,15 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             let route = position(&view, sliver, uid);
             stage.set_route(route);
             if next.is_none() {
-                next =
-                    pick_next(&client, &view, sliver + 1, position(&view, sliver, uid), &excluded)
-                        .await;
+                next = pick_next(
+                    &client,
+                    &view,
+                    sliver + 1,
+                    position(&view, sliver, uid),
+                    &excluded,
+                    &presence,
+                )
+                .await;
             }
             let Some((peer, _)) = next else {
                 tracing::warn!(sliver = sliver + 1, "no live miner of the next sliver; waiting");
@@ -451,6 +546,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                         sliver + 1,
                         position(&view, sliver, uid),
                         &excluded,
+                        &presence,
                     )
                     .await;
                 }
@@ -571,6 +667,9 @@ async fn scan_payouts(
     }
     Ok(())
 }
+
+/// Largest pseudo-gradient a leaving replica may hand over.
+const MAX_HANDOFF_BYTES: u64 = 1 << 30;
 
 /// Counters of the stages this run trained before its current one.
 #[derive(Default)]
@@ -737,25 +836,39 @@ fn stage_config(run: &RunInfo, cfg: &MinerConfig, codec: WireCodec, epoch: u64) 
     }
 }
 
+/// Publishes this epoch's pseudo-gradient (bf16) as `merge/<sliver>/<epoch>` if the sliver
+/// trained since the last merge; returns it as the replicas will decode it, with its hash.
+fn publish_delta(
+    t: &mut Training,
+    status: &watch::Sender<NodeStatus>,
+    epoch: u64,
+) -> anyhow::Result<(engine_merge::Flat, Option<([u8; 32], engine_merge::Flat)>)> {
+    let client = t.stage.client().clone();
+    let current = engine_merge::export_flat(&mut t.stage.trainer.sliver);
+    let delta = engine_merge::pseudo_gradient(&t.start, &current);
+    if t.stage.steps() <= t.merged_steps {
+        // A replica that did no work this epoch adds no (zero) delta to the average.
+        return Ok((delta, None));
+    }
+    let bytes = encode_flat(&delta, WireCodec::Bf16);
+    let decoded = decode_flat(&bytes, &delta).map_err(|e| anyhow!(e))?;
+    let hash = client.publish_blob(bytes)?;
+    publish_named(status, &client, format!("merge/{}/{epoch}", t.sliver), hash, epoch);
+    Ok((delta, Some((hash, decoded))))
+}
+
 async fn merge_round(
     t: &mut Training,
     status: &watch::Sender<NodeStatus>,
     replicas: &[PeerId],
     epoch: u64,
+    presence: &Presence,
 ) -> anyhow::Result<Merged> {
     let client = t.stage.client().clone();
-    let current = engine_merge::export_flat(&mut t.stage.trainer.sliver);
-    let delta = engine_merge::pseudo_gradient(&t.start, &current);
     let name = format!("merge/{}/{epoch}", t.sliver);
-    let trained = t.stage.steps() > t.merged_steps;
-    let mut deltas = Vec::new();
-    if trained {
-        // A replica that did no work this epoch adds no (zero) delta to the average.
-        let bytes = encode_flat(&delta, WireCodec::Bf16);
-        deltas.push(decode_flat(&bytes, &delta).map_err(|e| anyhow!(e))?);
-        let hash = client.publish_blob(bytes)?;
-        publish_named(status, &client, name.clone(), hash, epoch);
-    }
+    let (delta, own) = publish_delta(t, status, epoch)?;
+    let trained = own.is_some();
+    let mut deltas: Vec<Flat> = own.into_iter().map(|(_, d)| d).collect();
     // All replicas at once, under one deadline.
     let fetched = futures::future::join_all(
         replicas.iter().map(|r| fetch_named(&client, *r, &name, &delta, Duration::from_secs(8))),
@@ -764,7 +877,19 @@ async fn merge_round(
     for (r, f) in replicas.iter().zip(fetched) {
         match f {
             Ok(d) => deltas.push(d),
-            Err(e) => tracing::debug!(peer = %r, error = %e, "replica left out of this merge"),
+            Err(e) => match presence.take_handoff(r, t.sliver, epoch) {
+                // A replica that left its window handed its pseudo-gradient over.
+                Some(bytes) => match decode_flat(&bytes, &delta) {
+                    Ok(d) => {
+                        tracing::info!(peer = %r, "merging the pseudo-gradient a leaving replica handed over");
+                        deltas.push(d);
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %r, error = %e, "handed-over pseudo-gradient refused")
+                    }
+                },
+                None => tracing::debug!(peer = %r, error = %e, "replica left out of this merge"),
+            },
         }
     }
     let with = deltas.len().saturating_sub(usize::from(trained));
@@ -855,16 +980,18 @@ async fn connect_neighbours(client: &Client, view: &View, sliver: u16) {
     .await;
 }
 
-/// A live miner of `sliver` for the micro-batches of `route`, skipping `excluded`: the
-/// candidates that answer a ping within three times the best round trip (plus 20 ms) are
-/// near-equals, and routes are spread over them (route modulo their count), so the miners of
-/// one sliver share the next sliver's miners instead of all picking the fastest one.
+/// A live miner of `sliver` for the micro-batches of `route`, skipping `excluded` and miners
+/// that left the pipeline: the candidates whose status says they serve `sliver`, answering
+/// within three times the best round trip (plus 20 ms), are near-equals, and routes are spread
+/// over them (route modulo their count), so the miners of one sliver share the next sliver's
+/// miners instead of all picking the fastest one.
 async fn pick_next(
     client: &Client,
     view: &View,
     sliver: u16,
     route: u64,
     excluded: &[PeerId],
+    presence: &Presence,
 ) -> Option<(PeerId, Duration)> {
     let candidates: Vec<PeerId> = view
         .slivers
@@ -872,22 +999,51 @@ async fn pick_next(
         .into_iter()
         .flatten()
         .map(|(_, p, _)| *p)
-        .filter(|p| !excluded.contains(p))
+        .filter(|p| !excluded.contains(p) && !presence.is_away(p))
         .collect();
-    let pings = futures::future::join_all(candidates.iter().map(|p| async move {
+    let asks = futures::future::join_all(candidates.iter().map(|p| async move {
         let t = Instant::now();
-        let ping = client.request(*p, ControlRequest::Ping { nonce: 1 });
-        match tokio::time::timeout(Duration::from_secs(3), ping).await {
-            Ok(Ok(_)) => Some((*p, t.elapsed())),
+        let ask = client.request(*p, ControlRequest::Status);
+        match tokio::time::timeout(Duration::from_secs(3), ask).await {
+            Ok(Ok(ControlResponse::Status(st))) if st.slivers.contains(&sliver) => {
+                Some((*p, t.elapsed()))
+            }
             _ => None,
         }
     }))
     .await;
-    let live: Vec<(PeerId, Duration)> = pings.into_iter().flatten().collect();
+    let live: Vec<(PeerId, Duration)> = asks.into_iter().flatten().collect();
     let best = live.iter().map(|(_, d)| *d).min()?;
     let near: Vec<(PeerId, Duration)> =
         live.into_iter().filter(|(_, d)| *d <= best * 3 + Duration::from_millis(20)).collect();
     near.get(route as usize % near.len()).copied()
+}
+
+/// The miners a leaving or rejoining miner tells: its replicas, and the miners of the
+/// slivers before and after its own.
+struct Peers {
+    replicas: Vec<PeerId>,
+    neighbours: Vec<PeerId>,
+}
+
+impl Peers {
+    fn of(view: &View, sliver: u16, me: PeerId) -> Self {
+        let of = |s: Option<u16>| -> Vec<PeerId> {
+            s.and_then(|s| view.slivers.get(&s))
+                .into_iter()
+                .flatten()
+                .map(|(_, p, _)| *p)
+                .filter(|p| *p != me)
+                .collect()
+        };
+        let mut neighbours = of(sliver.checked_sub(1));
+        neighbours.extend(of(sliver.checked_add(1)));
+        Peers { replicas: of(Some(sliver)), neighbours }
+    }
+
+    fn all(&self) -> Vec<PeerId> {
+        self.replicas.iter().chain(&self.neighbours).copied().collect()
+    }
 }
 
 /// Follows the chain: epoch and phase every second, assignments and registrations at each

@@ -514,6 +514,47 @@ impl Stage {
         Ok(None)
     }
 
+    /// Finishes the micro-batches in flight before leaving the pipeline: handles frames (those
+    /// already queued, and the gradients of micro-batches forwarded here) until none waits for
+    /// a gradient and no frame came for `quiet`, or `limit` has passed (what is still in flight
+    /// then is dropped and counted). Then steps on what was accumulated, a partial step
+    /// included. Returns the steps taken.
+    pub async fn drain(
+        &mut self,
+        frames: &mut mpsc::Receiver<IncomingFrame>,
+        next: Option<PeerId>,
+        quiet: Duration,
+        limit: Duration,
+    ) -> Result<Vec<StepReport>, StageError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut reports = Vec::new();
+        loop {
+            let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, frames.recv()).await {
+                Ok(Some(frame)) if !self.trainer.spec.is_first() => {
+                    reports.extend(self.handle(frame, next).await?);
+                }
+                Ok(Some(frame)) => self.refuse(&frame, "the first sliver is leaving"),
+                Ok(None) => return Err(StageError::Stopped),
+                Err(_) if self.trainer.in_flight() == 0 => break,
+                Err(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let stale: Vec<u64> = self.ids.drain().map(|(_, id)| id).collect();
+                self.dropped += stale.len() as u64;
+                for id in stale {
+                    self.trainer.abandon(id);
+                }
+                self.origin.clear();
+                break;
+            }
+        }
+        if self.done > 0 || self.dropped > 0 {
+            reports.push(self.optimiser_step());
+        }
+        Ok(reports)
+    }
+
     fn current(&self, h: &FrameHeader) -> bool {
         h.run == self.cfg.run && h.epoch == self.cfg.epoch
     }

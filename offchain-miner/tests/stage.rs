@@ -261,3 +261,69 @@ async fn audits_let_a_validator_recompute_a_micro_batch() {
     assert_eq!(counters[0].missed.load(std::sync::atomic::Ordering::Relaxed), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Leaving at the end of a window: the last sliver finishes the micro-batches already sent
+/// to it (the first sliver's step completes), tells its replica it is leaving and hands over
+/// its pseudo-gradient, which the replica fetches at once; rejoining clears "away".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_miner_finishes_its_work_and_hands_over_its_pseudo_gradient() {
+    use sliver_miner::presence::{self, Presence};
+    use sliver_p2p::PresenceNotice;
+
+    let data = corpus();
+    let ((c0, mut in0, _s0), (c1, in1, _s1)) = connected_pair().await;
+    let mut frames1 = in1.frames;
+    let mut last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config());
+    let (_epoch_tx, mut epoch) = watch::channel(3u64);
+    let mut first = Stage::new(trainer(0), c0.clone(), data.clone(), stage_config());
+    // The window ends while the first sliver's step is in flight: the last sliver drains.
+    let leaver = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let reports = last
+            .drain(&mut frames1, None, Duration::from_millis(500), Duration::from_secs(5))
+            .await
+            .unwrap();
+        (reports, last)
+    });
+    let r = first.first_step(c1.peer_id(), &mut in0.frames, &mut epoch).await.unwrap();
+    assert_eq!((r.completed, r.dropped), (2, 0), "in-flight work is finished: {r:?}");
+    let (reports, last) = leaver.await.unwrap();
+    assert_eq!(reports.len(), 1, "one step on what was accumulated: {reports:?}");
+    assert_eq!((reports[0].completed, last.steps()), (2, 1));
+
+    // The replica (c0 here) takes the notice and the handed-over blob.
+    let seen = Presence::default();
+    tokio::spawn(presence::serve(
+        seen.clone(),
+        c0.clone(),
+        in0.notices,
+        |_, n| n.run == 1,
+        1 << 20,
+    ));
+    let delta = vec![7u8; 3000];
+    let hash = c1.publish_blob(delta.clone()).unwrap();
+    let notice =
+        PresenceNotice { run: 1, epoch: 3, sliver: 1, available: false, merge: Some(hash) };
+    assert_eq!(presence::announce(&c1, &[c0.peer_id()], notice).await, 1);
+    let got = loop {
+        if let Some(b) = seen.take_handoff(&c1.peer_id(), 1, 3) {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(got, delta);
+    assert!(seen.is_away(&c1.peer_id()));
+    assert!(seen.take_handoff(&c1.peer_id(), 1, 3).is_none(), "taken once");
+    // A notice for another run is ignored; "back" clears "away".
+    let other = PresenceNotice { run: 2, available: true, merge: None, ..notice };
+    assert_eq!(presence::announce(&c1, &[c0.peer_id()], other).await, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(seen.is_away(&c1.peer_id()));
+    let back = PresenceNotice { available: true, merge: None, ..notice };
+    assert_eq!(presence::announce(&c1, &[c0.peer_id()], back).await, 1);
+    let t = std::time::Instant::now();
+    while seen.is_away(&c1.peer_id()) {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -31,6 +31,8 @@ pub enum ControlRequest {
     },
     /// A validator asks what a miner did for one micro-batch.
     Audit(AuditRequest),
+    /// A miner tells its neighbours and replicas that it leaves or rejoins the pipeline.
+    Presence(PresenceNotice),
 }
 
 /// Control responses.
@@ -67,6 +69,25 @@ pub enum ControlResponse {
     NotFound,
     /// The peer could not answer (busy, shutting down), with its reason.
     Error(String),
+    /// A notice was taken.
+    Ack,
+}
+
+/// A miner leaving the pipeline at the end of its availability window, or rejoining it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PresenceNotice {
+    /// Training run.
+    pub run: u64,
+    /// The chain epoch the sender is in.
+    pub epoch: u64,
+    /// The sliver the sender trains.
+    pub sliver: u16,
+    /// False: leaving (send it no more work); true: back.
+    pub available: bool,
+    /// When leaving: BLAKE3 of its pseudo-gradient for this epoch (the blob
+    /// `merge/<sliver>/<epoch>`), for replicas to fetch now and merge at the boundary even if
+    /// the sender is gone by then.
+    pub merge: Option<[u8; 32]>,
 }
 
 /// A peer and its addresses, as strings on the wire (parsed and checked by the receiver).

@@ -24,7 +24,7 @@ pub mod receipt;
 
 pub use control::{
     AuditAnswer, AuditRequest, AuditedFrame, ControlRequest, ControlResponse, NodeStatus,
-    PeerRecord,
+    PeerRecord, PresenceNotice,
 };
 pub use frame::{Direction, FrameError, FrameHeader};
 pub use libp2p::{Multiaddr, PeerId};

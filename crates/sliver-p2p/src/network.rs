@@ -118,6 +118,8 @@ pub struct Inbound {
     pub frames: mpsc::Receiver<IncomingFrame>,
     /// Validators' audit requests; answer each with [`AuditQuery::respond`].
     pub audits: mpsc::Receiver<AuditQuery>,
+    /// Presence notices from other miners (leaving or rejoining), with their sender.
+    pub notices: mpsc::Receiver<(PeerId, PresenceNotice)>,
 }
 
 /// An audit request waiting for the application's answer. Dropping it unanswered tells the
@@ -343,6 +345,7 @@ pub fn start(
     let (commands, rx) = mpsc::channel(64);
     let (frames_tx, frames) = mpsc::channel(config.delivery_queue.max(1));
     let (audits_tx, audits) = mpsc::channel(config.audit_queue.max(1));
+    let (notices_tx, notices) = mpsc::channel(config.audit_queue.max(1));
     let (reach_tx, reachability) = watch::channel(Reachability::Unknown);
     let blobs = Arc::new(Mutex::new(BlobStore::new(config.max_blob_bytes)));
     let task = SwarmTask {
@@ -358,13 +361,14 @@ pub fn start(
         lookups: HashMap::new(),
         blobs: blobs.clone(),
         audits: audits_tx,
+        notices: notices_tx,
         reachability: reach_tx,
     };
     tokio::spawn(task.run());
     let client =
         Client { commands, streams, key, config, outgoing: Arc::default(), blobs, reachability };
     tokio::spawn(receive_frames(client.clone(), incoming, frames_tx));
-    Ok((client, Inbound { frames, audits }))
+    Ok((client, Inbound { frames, audits, notices }))
 }
 
 impl Client {
@@ -510,6 +514,17 @@ impl Client {
             other => Err(P2pError::Request {
                 peer,
                 reason: format!("unexpected answer {}", short(&other)),
+            }),
+        }
+    }
+
+    /// Tells `peer` that this node leaves or rejoins the pipeline; `Ok` once it took the notice.
+    pub async fn announce(&self, peer: PeerId, notice: PresenceNotice) -> Result<(), P2pError> {
+        match self.request(peer, ControlRequest::Presence(notice)).await? {
+            ControlResponse::Ack => Ok(()),
+            other => Err(P2pError::Request {
+                peer,
+                reason: format!("notice not taken: {}", short(&other)),
             }),
         }
     }
@@ -769,6 +784,7 @@ fn short(r: &ControlResponse) -> String {
         ControlResponse::BlobChunk { .. } => "BlobChunk".into(),
         ControlResponse::Audit(_) => "Audit".into(),
         ControlResponse::NotFound => "NotFound".into(),
+        ControlResponse::Ack => "Ack".into(),
         ControlResponse::Error(e) => format!("Error({})", e.chars().take(200).collect::<String>()),
     }
 }
@@ -807,6 +823,7 @@ struct SwarmTask {
     lookups: HashMap<QueryId, (PeerId, oneshot::Sender<Result<Vec<Multiaddr>, P2pError>>)>,
     blobs: Arc<Mutex<BlobStore>>,
     audits: mpsc::Sender<AuditQuery>,
+    notices: mpsc::Sender<(PeerId, PresenceNotice)>,
     reachability: watch::Sender<Reachability>,
 }
 
@@ -1052,6 +1069,11 @@ impl SwarmTask {
                         }
                         return;
                     }
+                    ControlRequest::Presence(notice) => match self.notices.try_send((peer, notice))
+                    {
+                        Ok(()) => ControlResponse::Ack,
+                        Err(e) => ControlResponse::Error(format!("notice not taken: {e}")),
+                    },
                 };
                 let _ = self.swarm.behaviour_mut().control.send_response(channel, response);
             }

@@ -1,5 +1,6 @@
 //! The services beyond tensor frames, between real nodes on loopback: blobs fetched in chunks
-//! (weights for merging and checkpoints), audit requests answered by the application, a frame
+//! (weights for merging and checkpoints), audit requests answered by the application, presence
+//! notices, a frame
 //! sent twice delivered once, AutoNAT reachability, and a node reached only through a relay.
 
 use std::time::Duration;
@@ -10,7 +11,7 @@ use libp2p::Multiaddr;
 use sliver_p2p::network::TENSOR_PROTOCOL;
 use sliver_p2p::{
     start, AuditAnswer, AuditRequest, AuditedFrame, Client, Direction, FrameHeader, Inbound,
-    NetworkConfig, NodeStatus, P2pError, Reachability, Reply,
+    NetworkConfig, NodeStatus, P2pError, PresenceNotice, Reachability, Reply,
 };
 use sliver_wire::WireCodec;
 use tokio::sync::watch;
@@ -109,6 +110,21 @@ async fn an_application_that_does_not_listen_for_audits_gives_a_clear_error() {
     let req = AuditRequest { run: 1, epoch: 1, route: 0, step: 1, micro_batch: 1 };
     let err = validator.client.audit(miner.client.peer_id(), req).await.unwrap_err();
     assert!(err.to_string().contains("has no answer"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_notices_reach_the_application_or_say_why_not() {
+    let mut miner = node().await;
+    let leaver = node().await;
+    leaver.client.dial(miner.client.peer_id(), miner.addr.clone()).await.unwrap();
+    let notice =
+        PresenceNotice { run: 1, epoch: 4, sliver: 1, available: false, merge: Some([7; 32]) };
+    leaver.client.announce(miner.client.peer_id(), notice).await.unwrap();
+    let (from, got) = miner.inbound.notices.recv().await.unwrap();
+    assert_eq!((from, got), (leaver.client.peer_id(), notice));
+    drop(miner.inbound.notices);
+    let err = leaver.client.announce(miner.client.peer_id(), notice).await.unwrap_err();
+    assert!(err.to_string().contains("notice not taken"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
