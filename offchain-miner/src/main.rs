@@ -216,8 +216,9 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
                 sliver_miner::ledger::Ledger::load(&ledger_path).map_err(|e| anyhow!(e))?;
             ledger.for_account(&who.to_string());
             println!(
-                "contributed {:.2} hours of training ({} windows); earned {} in {} payouts (scanned to block {})",
+                "contributed {:.2} hours ({:.0} s) of training in {} windows; earned {} in {} payouts (scanned to block {})",
                 ledger.hours(),
+                ledger.hours() * 3600.0,
                 ledger.runs.values().map(|r| r.windows).sum::<u64>(),
                 sliver_miner::ledger::slv(ledger.earned()),
                 ledger.payouts,
