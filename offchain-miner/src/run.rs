@@ -292,6 +292,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
     let commit_base = chain.weight_commitment(uid).await?.map(|c| c.step).unwrap_or(0);
     let mut boundaries = 0u64;
     let mut next: Option<(PeerId, Duration)> = None;
+    let mut picked: Option<Instant> = None;
     let mut excluded: Vec<PeerId> = Vec::new();
     let mut was_training = false;
     let mut windows_started = 0u64;
@@ -496,8 +497,16 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
-        if next.is_some_and(|(p, _)| presence.is_away(&p)) {
+        // Choose the next hop again when it left, and every 10 s: a miner that started serving
+        // the next sliver late (still syncing weights at the boundary) gets its share of routes.
+        if next.is_some_and(|(p, _)| presence.is_away(&p))
+            || picked.is_some_and(|t| t.elapsed() > REPICK_EVERY)
+        {
             next = None;
+            picked = None;
+        }
+        if next.is_none() {
+            picked = Some(Instant::now());
         }
         let sliver = training.sliver;
         let began = Instant::now();
@@ -667,6 +676,9 @@ async fn scan_payouts(
     }
     Ok(())
 }
+
+/// How long a next hop is kept before it is chosen again.
+const REPICK_EVERY: Duration = Duration::from_secs(10);
 
 /// Largest pseudo-gradient a leaving replica may hand over.
 const MAX_HANDOFF_BYTES: u64 = 1 << 30;

@@ -113,6 +113,7 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
     let mut killed: Option<Proc> = None;
     let pause = tmp.path().join("m1").join("pause");
     let mut paused: Option<Instant> = None;
+    let mut killed_at: Option<Instant> = None;
 
     // Watch finalized blocks for weight commitments while the miners train.
     let mut commitments: BTreeMap<u16, BTreeSet<u32>> = BTreeMap::new();
@@ -141,11 +142,14 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
         // Once every miner has committed, kill one (as kill -9 would) and restart it, and
         // pause another (its availability window ends) for 12 s.
         if killed.is_none() && commitments.len() == 4 {
-            std::fs::write(&pause, b"").unwrap();
-            paused = Some(Instant::now());
             runs[3].kill();
+            killed_at = Some(Instant::now());
             tokio::time::sleep(Duration::from_secs(2)).await;
             killed = Some(std::mem::replace(&mut runs[3], start(3)));
+        }
+        if paused.is_none() && killed_at.is_some_and(|t| t.elapsed() > Duration::from_secs(10)) {
+            std::fs::write(&pause, b"").unwrap();
+            paused = Some(Instant::now());
         }
         if paused.is_some_and(|t| t.elapsed() > Duration::from_secs(12)) && pause.exists() {
             std::fs::remove_file(&pause).unwrap();
@@ -205,6 +209,12 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
     assert!(has(&runs[1], "rejoined the pipeline"), "{}", runs[1].log_tail(40));
     let told = [0, 2, 3].iter().filter(|&&i| has(&runs[i], "is leaving the pipeline")).count();
     assert!(told >= 1, "the others heard it leave\n{logs}");
+    let left = runs[1].log().into_iter().find(|l| l.contains("left the pipeline")).unwrap();
+    println!("{left}");
+    if !left.contains("handed_to=0") {
+        let took = [0, 2, 3].iter().any(|&i| has(&runs[i], "took over a leaving replica"));
+        assert!(took, "a replica fetched the handed-over pseudo-gradient\n{logs}");
+    }
     // Each miner keeps an audit log of at most two epochs, and status shows its hours.
     let run_id = client.training_run().await.unwrap().expect("a training run").id;
     // (A miner can be left without work for an epoch, so not every log need hold snapshots.)
