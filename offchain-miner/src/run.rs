@@ -332,20 +332,9 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                     if let Ok(mut x) = metrics.lock() {
                         x.merges += 1;
                     }
-                    let mut sent = chain
-                        .publish_weight_commitment(&account, m.hash, m.size, total_steps)
-                        .await;
-                    if let Err(ChainError::Rpc(_) | ChainError::Unreachable { .. }) = &sent {
-                        // The node went away: reconnect once and send again. (The nonce comes
-                        // from the node, so a transaction that did land is not repeated under
-                        // the same nonce; a second commitment of the same step is harmless.)
-                        if let Ok(c) = ChainClient::connect(&cfg.rpc_url).await {
-                            chain = c;
-                            sent = chain
-                                .publish_weight_commitment(&account, m.hash, m.size, total_steps)
-                                .await;
-                        }
-                    }
+                    let sent =
+                        commit_weights(&mut chain, &cfg.rpc_url, &account, uid, &m, total_steps)
+                            .await;
                     match sent {
                         Ok(_) => {
                             if let Ok(mut x) = metrics.lock() {
@@ -561,7 +550,8 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 }
                 next.map(|(p, _)| p)
             };
-            match tokio::time::timeout(Duration::from_secs(1), inbound.frames.recv()).await {
+            let r = match tokio::time::timeout(Duration::from_secs(1), inbound.frames.recv()).await
+            {
                 Ok(Some(frame)) => match stage.handle(frame, following).await {
                     Ok(r) => r,
                     Err(StageError::Stopped) => bail!("the P2P node stopped"),
@@ -572,7 +562,14 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 },
                 Ok(None) => bail!("the P2P node stopped"),
                 Err(_) => None,
+            };
+            if let Some(peer) = stage.take_unreachable() {
+                // The next sliver's miner is gone: later micro-batches go to another one.
+                tracing::warn!(%peer, "next sliver's miner unreachable; re-routing");
+                excluded.push(peer);
+                next = None;
             }
+            r
         };
         if let Ok(mut m) = metrics.lock() {
             m.epoch = view.epoch;
@@ -925,6 +922,37 @@ async fn merge_round(
     let hash = client.publish_blob(weights)?;
     publish_named(status, &client, weights_name(t.sliver, epoch), hash, epoch);
     Ok(Merged { hash, size, with, trained })
+}
+
+/// Publishes the commitment to merged weights `m` at `step`. If the node went away (the
+/// transaction's fate unknown), reconnects (waiting up to 30 s for the node to come back),
+/// reads the uid's commitment on chain, and sends again only if this one is not there: a
+/// transaction that did land is not sent twice. (Each send takes its nonce from the node.)
+async fn commit_weights(
+    chain: &mut ChainClient,
+    url: &str,
+    account: &sliver_chain::Keypair,
+    uid: u16,
+    m: &Merged,
+    step: u64,
+) -> Result<(), ChainError> {
+    let first = chain.publish_weight_commitment(account, m.hash, m.size, step).await;
+    let Err(e) = first else { return Ok(()) };
+    if !matches!(
+        e,
+        ChainError::Rpc(_) | ChainError::Unreachable { .. } | ChainError::Transaction { .. }
+    ) {
+        return Err(e);
+    }
+    tracing::warn!(error = %e, "weight commitment not confirmed; checking the chain");
+    *chain = ChainClient::connect_with_retry(url, Duration::from_secs(30)).await?;
+    if let Some(c) = chain.weight_commitment(uid).await? {
+        if c.hash.0 == m.hash && c.step == step {
+            tracing::info!(step, "the commitment had landed; not sent again");
+            return Ok(());
+        }
+    }
+    chain.publish_weight_commitment(account, m.hash, m.size, step).await.map(|_| ())
 }
 
 /// What a merge round did.

@@ -132,6 +132,8 @@ pub struct Stage {
     /// BLAKE3 of the audit log's snapshot of the current weights (taken at the first forward
     /// after each optimiser step).
     snapshot: Option<[u8; 32]>,
+    /// The next-sliver miner a forward could not be delivered to (middle slivers).
+    unreachable: Option<PeerId>,
     /// Counters since start.
     pub counters: StageCounters,
 }
@@ -158,6 +160,7 @@ impl Stage {
             origin: HashMap::new(),
             audit: None,
             snapshot: None,
+            unreachable: None,
             counters: StageCounters::default(),
         }
     }
@@ -184,6 +187,12 @@ impl Stage {
     /// The run settings.
     pub fn config(&self) -> &StageConfig {
         &self.cfg
+    }
+
+    /// The next-sliver miner that a forward of a middle sliver could not be delivered to since
+    /// the last call, for the caller to route around.
+    pub fn take_unreachable(&mut self) -> Option<PeerId> {
+        self.unreachable.take()
     }
 
     /// Sets the route (data replica) of the micro-batches this first sliver starts.
@@ -471,6 +480,7 @@ impl Stage {
                             self.trainer.abandon(id);
                             self.ids.remove(&key);
                             self.dropped += 1;
+                            self.unreachable = Some(next);
                         }
                     }
                     return Ok(None);

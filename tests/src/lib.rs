@@ -160,9 +160,29 @@ impl DevNode {
     /// Starts `sliver-node` with a temporary database, an OS-chosen RPC port, no Prometheus
     /// and no mDNS, plus `args` (which name the chain and the P2P port).
     pub fn spawn(args: &[&str]) -> Result<Self, String> {
+        Self::spawn_with(&["--tmp", "--rpc-port", "0"], args)
+    }
+
+    /// A development node whose database lives in `base_path` and whose RPC server listens on
+    /// `rpc_port`: killing it and starting it again on the same two resumes the same chain at
+    /// the same URL (a node restart under running clients).
+    pub fn start_persistent(base_path: &std::path::Path, rpc_port: u16) -> Result<Self, String> {
+        let base = base_path.display().to_string();
+        let port = rpc_port.to_string();
+        Self::spawn_with(&["--base-path", &base, "--rpc-port", &port], &["--dev", "--port", "0"])
+    }
+
+    /// Kills the node at once, as `kill -9` would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn spawn_with(storage: &[&str], args: &[&str]) -> Result<Self, String> {
         let bin = node_binary()?;
         let mut child = Command::new(&bin)
-            .args(["--tmp", "--rpc-port", "0", "--no-prometheus", "--no-mdns"])
+            .args(storage)
+            .args(["--no-prometheus", "--no-mdns"])
             .args(["--no-telemetry", "--log", "info"])
             .args(args)
             .args(std::env::var("SLIVER_NODE_EXTRA_ARGS").unwrap_or_default().split_whitespace())
@@ -256,5 +276,68 @@ mod tests {
         let line = "2026-11-25 02:40:00 Running JSON-RPC server: addr=127.0.0.1:40123,[::1]:40125";
         assert_eq!(rpc_url_from_log(line).as_deref(), Some("ws://127.0.0.1:40123"));
         assert_eq!(rpc_url_from_log("Imported #1"), None);
+    }
+}
+
+/// The training text: `../shared/data/tinyshakespeare.txt` when the checkout sits beside it,
+/// else a generated text file.
+pub fn corpus() -> PathBuf {
+    let shared =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt");
+    if shared.is_file() {
+        return shared;
+    }
+    let path = std::env::temp_dir().join(format!("sliver-e2e-corpus-{}.txt", std::process::id()));
+    let text: String =
+        (0..40_000).map(|i| ["to be ", "or not ", "that is ", "the question\n"][i % 4]).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `sliver-miner` arguments: node URL, data directory and account, then `args`.
+pub fn miner_args(args: &[&str], rpc: &str, dir: &std::path::Path, account: &str) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--rpc-url".into(),
+        rpc.into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "--account".into(),
+        account.into(),
+    ];
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+/// The `SUMMARY key=value ...` line a miner prints when its run ends, as a map.
+pub fn summary(p: &Proc) -> std::collections::BTreeMap<String, String> {
+    p.log()
+        .iter()
+        .find(|l| l.starts_with("SUMMARY "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls the best block until some epoch at or after `from` is in `phase` with at least three
+/// blocks of the phase left (so that a transaction sent now lands inside it); returns the epoch.
+pub async fn wait_for_phase(
+    client: &sliver_chain::ChainClient,
+    from: u32,
+    phase: sliver_chain::Phase,
+    timeout: Duration,
+) -> u32 {
+    let start = Instant::now();
+    loop {
+        let (info, best) = client.epoch_info().await.expect("epoch info");
+        if info.epoch >= from && info.phase == phase && info.phase_end.saturating_sub(best) >= 3 {
+            return info.epoch;
+        }
+        assert!(start.elapsed() < timeout, "{phase:?} of epoch {from}+ not reached: at {info:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -6,7 +6,7 @@ use sliver_chain::{
     account_of, commit_hash, dev_keypair, sliver, Backend, ChainClient, HardwareProfile, Phase,
     Role,
 };
-use sliver_e2e::DevNode;
+use sliver_e2e::{wait_for_phase, DevNode};
 use std::time::{Duration, Instant};
 
 const UNIT: u128 = 1_000_000_000_000;
@@ -17,20 +17,6 @@ fn hardware() -> HardwareProfile {
 
 fn peer_key(seed: u8) -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
-}
-
-/// Polls the best block until some epoch at or after `from` is in `phase` with at least three
-/// blocks of the phase left (so that a transaction sent now lands inside it); returns the epoch.
-async fn wait_for_phase(client: &ChainClient, from: u32, phase: Phase, timeout: Duration) -> u32 {
-    let start = Instant::now();
-    loop {
-        let (info, best) = client.epoch_info().await.expect("epoch info");
-        if info.epoch >= from && info.phase == phase && info.phase_end.saturating_sub(best) >= 3 {
-            return info.epoch;
-        }
-        assert!(start.elapsed() < timeout, "{phase:?} of epoch {from}+ not reached: at {info:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,47 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sliver_chain::{sliver, ChainClient};
-use sliver_e2e::{free_port, workspace_binary, DevNode, Proc};
-
-fn corpus() -> PathBuf {
-    let shared =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt");
-    if shared.is_file() {
-        return shared;
-    }
-    let path = std::env::temp_dir().join(format!("sliver-e2e-corpus-{}.txt", std::process::id()));
-    let text: String =
-        (0..40_000).map(|i| ["to be ", "or not ", "that is ", "the question\n"][i % 4]).collect();
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn miner(args: &[&str], rpc: &str, dir: &std::path::Path, account: &str) -> Vec<String> {
-    let mut v: Vec<String> = vec![
-        "--rpc-url".into(),
-        rpc.into(),
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "--account".into(),
-        account.into(),
-    ];
-    v.extend(args.iter().map(|s| s.to_string()));
-    v
-}
-
-fn summary(p: &Proc) -> BTreeMap<String, String> {
-    p.log()
-        .iter()
-        .find(|l| l.starts_with("SUMMARY "))
-        .map(|l| {
-            l.split_whitespace()
-                .skip(1)
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use sliver_e2e::{
+    corpus, free_port, miner_args as miner, summary, workspace_binary, DevNode, Proc,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
