@@ -327,3 +327,53 @@ async fn a_leaving_miner_finishes_its_work_and_hands_over_its_pseudo_gradient() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A bad peer: frames of another epoch, of the wrong shape, a gradient for nothing pending and
+/// a frame claiming the wrong sliver are refused and counted; the stage goes on training.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_from_a_bad_peer_are_refused_and_counted() {
+    use sliver_p2p::{Direction, FrameHeader};
+
+    let data = corpus();
+    let ((c0, mut in0, _s0), (c1, in1, _s1)) = connected_pair().await;
+    let mut frames1 = in1.frames;
+    let mut last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config());
+    let cfg = stage_config();
+    let send = |epoch: u64, sliver: u16, direction: Direction, shape: [usize; 3]| {
+        let c0 = c0.clone();
+        let peer = c1.peer_id();
+        async move {
+            let n: usize = shape.iter().product();
+            let payload = sliver_wire::encode(WireCodec::Bf16, &shape, &vec![0.5f32; n]);
+            let h =
+                FrameHeader::for_payload(1, epoch, 0, 0, 0, sliver, direction, &payload).unwrap();
+            c0.send_frame(peer, &h, &payload).await.unwrap();
+        }
+    };
+    let good = [cfg.batch, cfg.seq, model().d_model];
+    send(2, 0, Direction::Activation, good).await; // another epoch
+    send(3, 0, Direction::Activation, [cfg.batch, cfg.seq, 7]).await; // wrong width
+    send(3, 0, Direction::Gradient, good).await; // the last sliver takes no gradients
+    send(3, 5, Direction::Activation, good).await; // not from the sliver before
+    for _ in 0..4 {
+        let frame = frames1.recv().await.unwrap();
+        assert_eq!(last.handle(frame, None).await.unwrap(), None);
+    }
+    assert_eq!(last.counters.frames_refused, 4);
+    assert_eq!((last.steps(), last.counters.frames_sent), (0, 0), "nothing trained or sent");
+
+    // The honest first sliver still trains with it.
+    let server = tokio::spawn(async move {
+        while let Some(frame) = frames1.recv().await {
+            if last.handle(frame, None).await.unwrap().is_some() {
+                return last;
+            }
+        }
+        panic!("the network stopped");
+    });
+    let (_epoch_tx, mut epoch) = watch::channel(3u64);
+    let mut first = Stage::new(trainer(0), c0.clone(), data, stage_config());
+    let r = first.first_step(c1.peer_id(), &mut in0.frames, &mut epoch).await.unwrap();
+    assert_eq!((r.completed, r.dropped), (2, 0));
+    assert_eq!(server.await.unwrap().steps(), 1);
+}
