@@ -584,6 +584,7 @@ mod tests {
         assert!(!path.exists());
         assert!(log.begin_epoch(2).is_empty(), "an older epoch changes nothing");
         assert_eq!(log.stats().epochs, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -599,6 +600,7 @@ mod tests {
         assert!(log.answer(&req(3, 0, 0)).unwrap().is_some(), "readable before it restarts");
         log.begin_epoch(3);
         assert!(log.answer(&req(3, 0, 0)).unwrap().is_none(), "step 0 will be trained again");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -616,6 +618,7 @@ mod tests {
         assert!(kept > 0 && kept < 20, "kept {kept}");
         assert!(log.stats().bytes <= 600, "{:?}", log.stats());
         assert!(log.snapshot(1, &[2u8; 100]).is_none(), "full for the rest of the epoch");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -630,6 +633,7 @@ mod tests {
         assert_eq!(log.stats().epochs, 1, "the bad-magic file is removed, the torn one kept");
         assert!(!run.join("epoch-2.log").exists());
         assert_eq!(std::fs::metadata(run.join("epoch-3.log")).unwrap().len(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn tempdir() -> PathBuf {

@@ -500,20 +500,12 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         let sliver = training.sliver;
         let began = Instant::now();
         let stage = &mut training.stage;
+        let route = position(&view, sliver, uid);
+        if next.is_none() && !stage.trainer.spec.is_last() {
+            next = pick_next(&client, &view, sliver + 1, route, &excluded, &presence).await;
+        }
         let report = if stage.trainer.spec.is_first() {
-            let route = position(&view, sliver, uid);
             stage.set_route(route);
-            if next.is_none() {
-                next = pick_next(
-                    &client,
-                    &view,
-                    sliver + 1,
-                    position(&view, sliver, uid),
-                    &excluded,
-                    &presence,
-                )
-                .await;
-            }
             let Some((peer, _)) = next else {
                 tracing::warn!(sliver = sliver + 1, "no live miner of the next sliver; waiting");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -534,22 +526,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             }
             Some(r)
         } else {
-            let following = if stage.trainer.spec.is_last() {
-                None
-            } else {
-                if next.is_none() {
-                    next = pick_next(
-                        &client,
-                        &view,
-                        sliver + 1,
-                        position(&view, sliver, uid),
-                        &excluded,
-                        &presence,
-                    )
-                    .await;
-                }
-                next.map(|(p, _)| p)
-            };
+            let following = next.map(|(p, _)| p);
             let r = match tokio::time::timeout(Duration::from_secs(1), inbound.frames.recv()).await
             {
                 Ok(Some(frame)) => match stage.handle(frame, following).await {

@@ -308,6 +308,50 @@ pub fn miner_args(args: &[&str], rpc: &str, dir: &std::path::Path, account: &str
     v
 }
 
+/// What every `sliver-miner run` of a test shares: the node, the training text, and the chain
+/// epoch to stop at.
+pub struct MinerRun<'a> {
+    /// Node WebSocket URL.
+    pub rpc: &'a str,
+    /// Training text.
+    pub data: &'a std::path::Path,
+    /// `--until-epoch`.
+    pub until: &'a str,
+}
+
+impl MinerRun<'_> {
+    /// Starts `sliver-miner run` for `account` with data directory `dir`, listening on
+    /// 127.0.0.1:`port`, metrics and mDNS off.
+    pub fn spawn(
+        &self,
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        account: &str,
+        port: u16,
+    ) -> Proc {
+        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        let args = [
+            "run",
+            "--listen",
+            &listen,
+            "--data",
+            self.data.to_str().unwrap_or_default(),
+            "--metrics-port",
+            "0",
+            "--no-mdns",
+            "--until-epoch",
+            self.until,
+        ];
+        Proc::spawn(
+            &format!("miner {account}"),
+            bin,
+            &miner_args(&args, self.rpc, dir, account),
+            &[("RUST_LOG", "info,libp2p=warn,sliver_p2p=warn")],
+        )
+        .expect("start sliver-miner")
+    }
+}
+
 /// The `SUMMARY key=value ...` line a miner prints when its run ends, as a map.
 pub fn summary(p: &Proc) -> std::collections::BTreeMap<String, String> {
     p.log()

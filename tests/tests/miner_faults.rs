@@ -12,7 +12,8 @@ use sliver_chain::{
     Role,
 };
 use sliver_e2e::{
-    corpus, free_port, miner_args, summary, wait_for_phase, workspace_binary, DevNode, Proc,
+    corpus, free_port, miner_args, summary, wait_for_phase, workspace_binary, DevNode, MinerRun,
+    Proc,
 };
 
 const UNIT: u128 = 1_000_000_000_000;
@@ -57,30 +58,9 @@ async fn miners_survive_a_node_restart_and_see_their_earnings() {
 
     let (info, _) = client.epoch_info().await.unwrap();
     let until = (info.epoch + 6).to_string();
-    let mut runs: Vec<Proc> = (0..2)
-        .map(|i| {
-            let listen = format!("/ip4/127.0.0.1/tcp/{}", ports[i]);
-            let args = [
-                "run",
-                "--listen",
-                &listen,
-                "--data",
-                data.to_str().unwrap(),
-                "--metrics-port",
-                "0",
-                "--no-mdns",
-                "--until-epoch",
-                &until,
-            ];
-            Proc::spawn(
-                &format!("miner {}", accounts[i]),
-                &bin,
-                &miner_args(&args, &node.rpc_url, &dirs[i], accounts[i]),
-                &[("RUST_LOG", "info,libp2p=warn,sliver_p2p=warn")],
-            )
-            .unwrap()
-        })
-        .collect();
+    let miners = MinerRun { rpc: &node.rpc_url, data: &data, until: &until };
+    let mut runs: Vec<Proc> =
+        (0..2).map(|i| miners.spawn(&bin, &dirs[i], accounts[i], ports[i])).collect();
 
     // Rate both miners equally in the first epoch in which they are assigned.
     let epoch = wait_for_phase(&client, info.epoch + 1, Phase::Commit, MINUTE).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sliver_chain::{sliver, ChainClient};
 use sliver_e2e::{
-    corpus, free_port, miner_args as miner, summary, workspace_binary, DevNode, Proc,
+    corpus, free_port, miner_args as miner, summary, workspace_binary, DevNode, MinerRun, Proc,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,30 +46,13 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
     let (info, _) = client.epoch_info().await.unwrap();
     let until = (info.epoch + 5).to_string();
     let start = |i: usize| {
-        let account = accounts[i];
-        {
-            let dir = tmp.path().join(format!("m{i}"));
-            let listen = format!("/ip4/127.0.0.1/tcp/{}", ports[i]);
-            let args = [
-                "run",
-                "--listen",
-                &listen,
-                "--data",
-                data.to_str().unwrap(),
-                "--metrics-port",
-                "0",
-                "--no-mdns",
-                "--until-epoch",
-                &until,
-            ];
-            Proc::spawn(
-                &format!("miner {account}"),
-                &bin,
-                &miner(&args, &node.rpc_url, &dir, account),
-                &[("RUST_LOG", "info,libp2p=warn,sliver_p2p=warn")],
-            )
-            .unwrap()
-        }
+        let dir = tmp.path().join(format!("m{i}"));
+        MinerRun { rpc: &node.rpc_url, data: &data, until: &until }.spawn(
+            &bin,
+            &dir,
+            accounts[i],
+            ports[i],
+        )
     };
     let mut runs: Vec<Proc> = (0..4).map(start).collect();
     let mut killed: Option<Proc> = None;
