@@ -238,27 +238,34 @@ impl AuditLog {
     /// the bytes of the weights snapshot and payloads to serve as blobs. Reads the disk: call it
     /// off the async threads.
     pub fn answer(&self, req: &AuditRequest) -> std::io::Result<Option<Found>> {
-        let Ok(inner) = self.inner.lock() else { return Ok(None) };
-        if req.run != inner.run {
-            return Ok(None);
-        }
-        let Some(log) = inner.epochs.get(&req.epoch) else { return Ok(None) };
-        let Some(record) = log.records.get(&(req.route, req.step, req.micro_batch)) else {
-            return Ok(None);
+        // What to read, taken under the lock; the reads happen without it, so that training
+        // (which records under the same lock) does not wait for the disk.
+        let (file, weights, span, frames) = {
+            let Ok(inner) = self.inner.lock() else { return Ok(None) };
+            if req.run != inner.run {
+                return Ok(None);
+            }
+            let Some(log) = inner.epochs.get(&req.epoch) else { return Ok(None) };
+            let Some(record) = log.records.get(&(req.route, req.step, req.micro_batch)) else {
+                return Ok(None);
+            };
+            let Some(weights) = record.weights else { return Ok(None) };
+            let Some(span) = log.weights.get(&weights) else { return Ok(None) };
+            let frames: Vec<FrameEntry> =
+                record.frames.iter().take(sliver_p2p::control::MAX_AUDIT_FRAMES).cloned().collect();
+            (log.file.try_clone()?, weights, *span, frames)
         };
-        let Some(weights) = record.weights else { return Ok(None) };
-        let Some(span) = log.weights.get(&weights) else { return Ok(None) };
-        let mut blobs = vec![log.read(*span)?];
-        let mut frames = Vec::new();
-        for f in record.frames.iter().take(sliver_p2p::control::MAX_AUDIT_FRAMES) {
-            blobs.push(log.read(f.payload)?);
-            frames.push(AuditedFrame {
-                header: f.header.clone(),
-                receipt: f.receipt.clone(),
+        let mut blobs = vec![read(&file, span)?];
+        let mut answered = Vec::new();
+        for f in frames {
+            blobs.push(read(&file, f.payload)?);
+            answered.push(AuditedFrame {
+                header: f.header,
+                receipt: f.receipt,
                 payload_published: true,
             });
         }
-        Ok(Some(Found { answer: AuditAnswer { weights, frames }, blobs }))
+        Ok(Some(Found { answer: AuditAnswer { weights, frames: answered }, blobs }))
     }
 
     /// Notes blobs published to answer an audit of `epoch`, to withdraw with the epoch.
@@ -400,12 +407,12 @@ impl EpochLog {
             record.frames.push(FrameEntry { header: head, receipt, payload });
         }
     }
+}
 
-    fn read(&self, span: Span) -> std::io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; span.len as usize];
-        self.file.read_exact_at(&mut buf, span.offset)?;
-        Ok(buf)
-    }
+fn read(file: &File, span: Span) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; span.len as usize];
+    file.read_exact_at(&mut buf, span.offset)?;
+    Ok(buf)
 }
 
 enum Entry {

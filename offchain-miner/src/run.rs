@@ -201,6 +201,9 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
     book.for_account(&who.to_string());
     book.run(run.id).windows += 1;
     book.save(&ledger_path).map_err(|e| anyhow!(e))?;
+    if let Ok(mut m) = metrics.lock() {
+        m.earned = book.earned();
+    }
     let ledger =
         Arc::new(Mutex::new(LedgerKeeper { book, path: ledger_path, seen: Seen::default() }));
     tokio::spawn(keep_ledger(
