@@ -296,6 +296,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
     let mut boundaries = 0u64;
     let mut next: Option<(PeerId, Duration)> = None;
     let mut picked: Option<Instant> = None;
+    let mut speeds = Speeds::default();
     let mut excluded: Vec<PeerId> = Vec::new();
     let mut was_training = false;
     let mut windows_started = 0u64;
@@ -505,7 +506,8 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         let stage = &mut training.stage;
         let route = position(&view, sliver, uid);
         if next.is_none() && !stage.trainer.spec.is_last() {
-            next = pick_next(&client, &view, sliver + 1, route, &excluded, &presence).await;
+            next =
+                pick_next(&client, &view, sliver + 1, route, &excluded, &presence, &speeds).await;
         }
         let report = if stage.trainer.spec.is_first() {
             stage.set_route(route);
@@ -514,8 +516,14 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             };
+            let stepped = Instant::now();
             let r = match stage.first_step(peer, &mut inbound.frames, &mut epoch_rx).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    if !r.interrupted {
+                        speeds.record(peer, r.completed, stepped.elapsed());
+                    }
+                    r
+                }
                 Err(StageError::Stopped) => bail!("the P2P node stopped"),
                 Err(e) => {
                     tracing::warn!(error = %e, "step failed");
@@ -1001,10 +1009,9 @@ async fn connect_neighbours(client: &Client, view: &View, sliver: u16) {
 }
 
 /// A live miner of `sliver` for the micro-batches of `route`, skipping `excluded` and miners
-/// that left the pipeline: the candidates whose status says they serve `sliver`, answering
-/// within three times the best round trip (plus 20 ms), are near-equals, and routes are spread
-/// over them (route modulo their count), so the miners of one sliver share the next sliver's
-/// miners instead of all picking the fastest one.
+/// that left the pipeline: the candidates whose status says they serve `sliver`, measured by
+/// their status round trip and, where known, by the throughput this miner saw through them
+/// (see [`choose_next`]).
 async fn pick_next(
     client: &Client,
     view: &View,
@@ -1012,6 +1019,7 @@ async fn pick_next(
     route: u64,
     excluded: &[PeerId],
     presence: &Presence,
+    speeds: &Speeds,
 ) -> Option<(PeerId, Duration)> {
     let candidates: Vec<PeerId> = view
         .slivers
@@ -1032,11 +1040,81 @@ async fn pick_next(
         }
     }))
     .await;
-    let live: Vec<(PeerId, Duration)> = asks.into_iter().flatten().collect();
+    choose_next(asks.into_iter().flatten().collect(), speeds, route)
+}
+
+/// Seconds per completed micro-batch through each next-sliver miner, as this miner measured
+/// them (an exponential moving average over its steps).
+#[derive(Default)]
+struct Speeds(std::collections::HashMap<PeerId, f64>);
+
+impl Speeds {
+    /// Records a step of `completed` micro-batches through `peer` that took `took`.
+    fn record(&mut self, peer: PeerId, completed: u64, took: Duration) {
+        if completed == 0 {
+            return;
+        }
+        let sample = took.as_secs_f64() / completed as f64;
+        let v = self.0.entry(peer).or_insert(sample);
+        *v = 0.7 * *v + 0.3 * sample;
+    }
+}
+
+/// SWARM-style choice among `live` miners (with their round trips): those answering within
+/// three times the best round trip (plus 20 ms) are near-equals by latency; of those, the ones
+/// measured at most 1.5 times slower per micro-batch than the fastest measured, and the ones
+/// not measured yet (so that new miners are tried), share the routes: route modulo their
+/// count, so the miners of one sliver spread over the next sliver's instead of all picking
+/// the fastest.
+fn choose_next(
+    live: Vec<(PeerId, Duration)>,
+    speeds: &Speeds,
+    route: u64,
+) -> Option<(PeerId, Duration)> {
     let best = live.iter().map(|(_, d)| *d).min()?;
     let near: Vec<(PeerId, Duration)> =
         live.into_iter().filter(|(_, d)| *d <= best * 3 + Duration::from_millis(20)).collect();
-    near.get(route as usize % near.len()).copied()
+    let fastest =
+        near.iter().filter_map(|(p, _)| speeds.0.get(p)).copied().fold(f64::MAX, f64::min);
+    let fast: Vec<(PeerId, Duration)> = near
+        .into_iter()
+        .filter(|(p, _)| speeds.0.get(p).is_none_or(|s| *s <= fastest * 1.5))
+        .collect();
+    fast.get(route as usize % fast.len()).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_hop_is_chosen_by_latency_then_measured_throughput() {
+        let p: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let ms = Duration::from_millis;
+        let mut speeds = Speeds::default();
+        // By latency: the 400 ms one is out; routes spread over the other three.
+        let live = vec![(p[0], ms(2)), (p[1], ms(3)), (p[2], ms(10)), (p[3], ms(400))];
+        let picks: Vec<PeerId> =
+            (0..3).map(|r| choose_next(live.clone(), &speeds, r).unwrap().0).collect();
+        assert_eq!(picks, vec![p[0], p[1], p[2]]);
+        // p1 measured three times slower than p0: routes go to p0 and the unmeasured p2.
+        speeds.record(p[0], 3, ms(300));
+        speeds.record(p[1], 3, ms(900));
+        let picks: Vec<PeerId> =
+            (0..4).map(|r| choose_next(live.clone(), &speeds, r).unwrap().0).collect();
+        assert_eq!(picks, vec![p[0], p[2], p[0], p[2]]);
+        // p2 measured as fast as p0 (within 1.5x): both share.
+        speeds.record(p[2], 2, ms(260));
+        assert_eq!(choose_next(live.clone(), &speeds, 1).unwrap().0, p[2]);
+        // The average moves towards new samples: p1 got fast.
+        for _ in 0..20 {
+            speeds.record(p[1], 3, ms(300));
+        }
+        let picks: Vec<PeerId> =
+            (0..3).map(|r| choose_next(live.clone(), &speeds, r).unwrap().0).collect();
+        assert_eq!(picks, vec![p[0], p[1], p[2]]);
+        assert_eq!(choose_next(Vec::new(), &speeds, 0), None);
+    }
 }
 
 /// The miners a leaving or rejoining miner tells: its replicas, and the miners of the
