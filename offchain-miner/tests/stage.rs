@@ -377,3 +377,92 @@ async fn frames_from_a_bad_peer_are_refused_and_counted() {
     assert_eq!((r.completed, r.dropped), (2, 0));
     assert_eq!(server.await.unwrap().steps(), 1);
 }
+
+/// Three slivers: a middle sliver relays activations forward and gradients back; when the
+/// last-sliver miner it sends to is gone, the micro-batch is dropped and counted, the stage
+/// names the unreachable miner, and with another one training goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_middle_sliver_relays_both_ways_and_routes_around_a_dead_next_miner() {
+    let data = corpus();
+    let cfg = model().with_n_layer(3);
+    let trainer3 = |index: usize| {
+        let spec = SliverSpec::split(cfg.n_layer, 3).unwrap().remove(index);
+        SliverTrainer::new(
+            &cfg,
+            spec,
+            None,
+            AdamWConfig::default(),
+            &sliver_engine::default_device(),
+        )
+        .unwrap()
+    };
+    let (c0, mut in0, _, _s0) = node().await;
+    let (c1, in1, a1, _s1) = node().await;
+    let (c2, in2, a2, _s2) = node().await;
+    let (c3, in3, a3, _s3) = node().await;
+    c0.dial(c1.peer_id(), a1).await.unwrap();
+    c1.dial(c2.peer_id(), a2).await.unwrap();
+    c1.dial(c3.peer_id(), a3).await.unwrap();
+    // Each last-sliver miner serves until the test ends; its optimiser steps are counted.
+    let serve_last = |stage: Stage, mut frames: tokio::sync::mpsc::Receiver<_>| {
+        let steps = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = steps.clone();
+        tokio::spawn(async move {
+            let mut stage = stage;
+            while let Some(frame) = frames.recv().await {
+                if stage.handle(frame, None).await.is_err() {
+                    break;
+                }
+                counted.store(stage.steps(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        steps
+    };
+    let _last_a =
+        serve_last(Stage::new(trainer3(2), c2.clone(), data.clone(), stage_config()), in2.frames);
+    let last_b =
+        serve_last(Stage::new(trainer3(2), c3.clone(), data.clone(), stage_config()), in3.frames);
+    let (c2_id, c3_id) = (c2.peer_id(), c3.peer_id());
+    let mut middle = Stage::new(trainer3(1), c1.clone(), data.clone(), stage_config());
+    let mut frames1 = in1.frames;
+    let (stop_tx, mut stop) = watch::channel(false);
+    let relay = tokio::spawn(async move {
+        let mut next = c2_id;
+        let mut rerouted = None;
+        loop {
+            let frame = tokio::select! {
+                f = frames1.recv() => f.unwrap(),
+                _ = stop.changed() => break,
+            };
+            middle.handle(frame, Some(next)).await.unwrap();
+            if let Some(gone) = middle.take_unreachable() {
+                rerouted = Some(gone);
+                next = c3_id;
+            }
+        }
+        (middle.steps(), rerouted)
+    });
+
+    let (_epoch_tx, mut epoch) = watch::channel(3u64);
+    let mut first = Stage::new(trainer3(0), c0.clone(), data, stage_config());
+    for _ in 0..4 {
+        let r = first.first_step(c1.peer_id(), &mut in0.frames, &mut epoch).await.unwrap();
+        assert_eq!((r.completed, r.dropped), (2, 0), "through the middle and back: {r:?}");
+    }
+    // Last-sliver miner A goes away: the step in flight loses its micro-batches (counted), the
+    // middle sliver moves to B, and the following steps complete again.
+    c2.shutdown().await;
+    let r = first.first_step(c1.peer_id(), &mut in0.frames, &mut epoch).await.unwrap();
+    assert!(r.dropped >= 1, "{r:?}");
+    let mut full = 0;
+    for _ in 0..6 {
+        let r = first.first_step(c1.peer_id(), &mut in0.frames, &mut epoch).await.unwrap();
+        full += u64::from(r.completed == 2);
+    }
+    assert!(full >= 5, "training goes on through B: {full} full steps of 6");
+    stop_tx.send_replace(true);
+    let (steps, rerouted) = relay.await.unwrap();
+    assert_eq!(rerouted, Some(c2_id), "the middle named the miner it could not reach");
+    assert!(steps >= 8);
+    assert!(last_b.load(std::sync::atomic::Ordering::Relaxed) >= 5, "B trained the last sliver");
+}
