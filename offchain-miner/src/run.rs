@@ -59,6 +59,10 @@ struct View {
 pub struct Metrics {
     /// Chain epoch.
     pub epoch: u64,
+    /// Its phase.
+    pub phase: Option<Phase>,
+    /// Whether the miner trains now (inside its window, not paused, assigned).
+    pub training: bool,
     /// Assigned sliver.
     pub sliver: Option<u16>,
     /// Optimiser steps.
@@ -422,6 +426,11 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             st.epoch = view.epoch;
             changed
         });
+        if let Ok(mut m) = metrics.lock() {
+            m.epoch = view.epoch;
+            m.phase.clone_from(&view.phase);
+            m.training = training_now;
+        }
         if training_now != was_training {
             let peers = Peers::of(&view, training.sliver, client.peer_id());
             let mut notice = PresenceNotice {
@@ -1282,8 +1291,10 @@ async fn status_line(
             .unwrap_or_else(|| "-".into());
         let loss = m.loss.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into());
         eprintln!(
-            "[miner uid {uid}] epoch {} | sliver {} | step {} | {rate:.0} tok/s | loss {loss} | next {next} | peers {peers} | sent {:.1} MB | dropped {} | merges {} | commitments {} | audits {} pending, {} answered, {} not kept | earned {}",
+            "[miner uid {uid}] epoch {} {} | {} sliver {} | step {} | {rate:.0} tok/s | loss {loss} | next {next} | peers {peers} | sent {:.1} MB | dropped {} | merges {} | commitments {} | audits {} pending, {} answered, {} not kept | earned {}",
             m.epoch,
+            m.phase.as_ref().map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into()),
+            if m.training { "training" } else { "away from" },
             m.sliver.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             m.steps,
             m.bytes_sent as f64 / 1e6,
