@@ -497,6 +497,14 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
                 "not training now (outside the availability windows, paused, or not assigned)"
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
+            // Frames sent by peers that had not heard yet are not queued for later.
+            let mut discarded = 0;
+            while inbound.frames.try_recv().is_ok() {
+                discarded += 1;
+            }
+            if discarded > 0 {
+                tracing::debug!(discarded, "frames received while away discarded");
+            }
             continue;
         }
         // Choose the next hop again when it left, and every 10 s: a miner that started serving
