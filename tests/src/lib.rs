@@ -229,6 +229,14 @@ impl DevNode {
         }
     }
 
+    /// A chain client connected to this node (retrying for 30 s while it starts); panics with
+    /// the node's log when it cannot connect.
+    pub async fn connect(&self) -> sliver_chain::ChainClient {
+        sliver_chain::ChainClient::connect_with_retry(&self.rpc_url, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", self.rpc_url, self.log_tail(30)))
+    }
+
     /// The last `n` lines the node logged, for failure messages.
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();

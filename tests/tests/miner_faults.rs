@@ -24,9 +24,7 @@ async fn miners_survive_a_node_restart_and_see_their_earnings() {
     let base = tempfile::tempdir().unwrap();
     let rpc_port = free_port();
     let mut node = DevNode::start_persistent(base.path(), rpc_port).expect("start sliver-node");
-    let client = ChainClient::connect_with_retry(&node.rpc_url, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}\n{}", node.log_tail(30)));
+    let client = node.connect().await;
     let bin = workspace_binary("sliver-miner").unwrap();
     let data = corpus();
     let tmp = tempfile::tempdir().unwrap();
@@ -110,9 +108,7 @@ async fn miners_survive_a_node_restart_and_see_their_earnings() {
     node.kill();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let node = DevNode::start_persistent(base.path(), rpc_port).expect("restart sliver-node");
-    let client = ChainClient::connect_with_retry(&node.rpc_url, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("reconnect: {e}\n{}", node.log_tail(30)));
+    let client = node.connect().await;
 
     let deadline = Instant::now() + Duration::from_secs(300);
     for p in runs.iter_mut() {

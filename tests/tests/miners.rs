@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sliver_chain::{sliver, ChainClient};
+use sliver_chain::sliver;
 use sliver_e2e::{
     corpus, free_port, miner_args as miner, summary, workspace_binary, DevNode, MinerRun, Proc,
 };
@@ -16,9 +16,7 @@ use sliver_e2e::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
     let node = DevNode::start().expect("start sliver-node");
-    let client = ChainClient::connect_with_retry(&node.rpc_url, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}\n{}", node.log_tail(30)));
+    let client = node.connect().await;
     let bin = workspace_binary("sliver-miner").unwrap();
     let data = corpus();
     let tmp = tempfile::tempdir().unwrap();
