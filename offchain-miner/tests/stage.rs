@@ -198,7 +198,9 @@ async fn audits_let_a_validator_recompute_a_micro_batch() {
     }
     // Step 2, micro-batch 1: the weights have moved twice since the start.
     let req = AuditRequest { run: 1, epoch: 3, route: 0, step: 2, micro_batch: 1 };
+    let asked = std::time::Instant::now();
     let ans0 = v.audit(c0.peer_id(), req).await.unwrap().expect("the first sliver kept it");
+    println!("audit answered in {:?}", asked.elapsed());
     let ans1 = v.audit(c1.peer_id(), req).await.unwrap().expect("the last sliver kept it");
     let headers = |a: &sliver_p2p::AuditAnswer| -> Vec<FrameHeader> {
         a.frames.iter().map(|f| FrameHeader::decode(&f.header).unwrap()).collect()
