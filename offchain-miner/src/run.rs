@@ -318,14 +318,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             // Epoch boundary: merge with this epoch's replicas, commit the weights, then follow
             // the new assignment (the chain reshuffles slivers every epoch).
             let ended = view.epoch;
-            let replicas: Vec<PeerId> = view
-                .slivers
-                .get(&training.sliver)
-                .into_iter()
-                .flatten()
-                .filter(|(u, _, _)| *u != uid)
-                .map(|(_, p, _)| *p)
-                .collect();
+            let replicas = Peers::of(&view, training.sliver, client.peer_id()).replicas;
             let total_steps = commit_base + carried.steps + training.stage.steps();
             match merge_round(&mut training, &status_tx, &replicas, ended, &presence).await {
                 Ok(m) if m.trained => {
@@ -513,10 +506,6 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             || picked.is_some_and(|t| t.elapsed() > REPICK_EVERY)
         {
             next = None;
-            picked = None;
-        }
-        if next.is_none() {
-            picked = Some(Instant::now());
         }
         let sliver = training.sliver;
         let began = Instant::now();
@@ -525,6 +514,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         if next.is_none() && !stage.trainer.spec.is_last() {
             next =
                 pick_next(&client, &view, sliver + 1, route, &excluded, &presence, &speeds).await;
+            picked = Some(Instant::now());
         }
         let report = if stage.trainer.spec.is_first() {
             stage.set_route(route);
@@ -577,7 +567,6 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
             r
         };
         if let Ok(mut m) = metrics.lock() {
-            m.epoch = view.epoch;
             m.sliver = Some(sliver);
             m.steps = carried.steps + stage.steps();
             m.tokens = carried.tokens + stage.counters.tokens;

@@ -167,11 +167,19 @@ impl Stage {
 
     /// Records this stage's frames and weights in `log` (see [`crate::audit`]).
     pub fn with_audit(mut self, log: AuditLog) -> Self {
-        for h in log.begin_epoch(self.cfg.epoch) {
-            self.client.unpublish_blob(&h);
-        }
         self.audit = Some(log);
+        self.begin_audit_epoch();
         self
+    }
+
+    /// Starts the audit log's record of this stage's epoch, withdrawing the blobs served for
+    /// the epochs it drops.
+    fn begin_audit_epoch(&self) {
+        if let Some(log) = &self.audit {
+            for h in log.begin_epoch(self.cfg.epoch) {
+                self.client.unpublish_blob(&h);
+            }
+        }
     }
 
     /// The P2P client the stage sends with.
@@ -211,11 +219,7 @@ impl Stage {
         self.done = 0;
         self.losses.clear();
         self.snapshot = None;
-        if let Some(log) = &self.audit {
-            for h in log.begin_epoch(epoch) {
-                self.client.unpublish_blob(&h);
-            }
-        }
+        self.begin_audit_epoch();
     }
 
     /// The audit log's hash of the weights the next forward runs with (snapshotting them the
