@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod config;
 pub mod data;
+pub mod fast;
 pub mod generate;
 pub mod merge;
 pub mod model;

@@ -7,7 +7,7 @@
 //! sliver's file and a whole model's file share one namespace.
 
 use burn::module::{Module, Param, ParamId};
-use burn::tensor::activation::{gelu, log_softmax};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::module::{attention, embedding, layer_norm};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -155,7 +155,7 @@ impl Dense {
         let [b, t, d] = x.dims();
         let w = self.weight.val();
         let out = w.dims()[1];
-        let y = x.reshape([b * t, d]).matmul(w);
+        let y = crate::fast::matmul(x.reshape([b * t, d]), w);
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
             None => y,
@@ -274,7 +274,7 @@ impl Block {
     /// `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
-        let h = gelu(self.mlp.c_fc.forward(self.ln_2.forward(x.clone())));
+        let h = crate::fast::gelu(self.mlp.c_fc.forward(self.ln_2.forward(x.clone())));
         x + self.mlp.c_proj.forward(h)
     }
 
@@ -432,7 +432,7 @@ impl Sliver {
             let [b, t, d] = x.dims();
             let w = head.val();
             let v = w.dims()[0];
-            let logits = x.reshape([b * t, d]).matmul(w.transpose());
+            let logits = crate::fast::matmul(x.reshape([b * t, d]), w.transpose());
             return Ok(logits.reshape([b, t, v]));
         }
         Ok(match &self.bottleneck_out {

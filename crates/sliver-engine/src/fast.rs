@@ -1,0 +1,277 @@
+//! Fast paths for the operations that dominate a training step on the CPU, wired into Burn as a
+//! backend extension ([`SliverOps`]).
+//!
+//! On the `flex` backend they run `sliver-kernels`' packed GEMM (about twice Burn's own GEMM on
+//! the step's shapes); under autodiff they record their own backward pass, which calls the same
+//! kernels. On any other backend (wgpu, CUDA) they fall back to Burn's standard operations, so
+//! model code calls them unconditionally.
+//!
+//! The kernels are deterministic: the same inputs give the same bits for any thread count, and
+//! on any CPU (see `sliver_kernels::gemm`), which audit replay relies on.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::ops::{ActivationOps, FloatTensorOps};
+use burn::backend::TensorMetadata;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
+use burn::tensor::DType;
+use burn::tensor::Tensor;
+use burn::backend::flex::FlexTensor;
+use sliver_kernels::MatRef;
+
+/// The engine's backend extension: operations with a fast CPU path and a custom backward pass.
+#[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"))]
+pub trait SliverOps: Backend {
+    /// Product of two matrices `[m, k] x [k, n]`.
+    fn sliver_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+
+    /// The exact (erf) GELU, element-wise.
+    fn sliver_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu(x)
+    }
+
+    /// `grad * GELU'(x)`: the GELU's input gradient.
+    fn sliver_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu_backward(x, grad)
+    }
+}
+
+impl SliverOps for Flex {
+    fn sliver_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        match flex_matmul(&lhs, &rhs) {
+            Some(out) => out,
+            None => Self::float_matmul(lhs, rhs),
+        }
+    }
+
+    fn sliver_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 {
+            return Self::gelu(x);
+        }
+        let x = contiguous(x);
+        let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+        let src = x.as_slice::<f32>().expect("contiguous f32");
+        sliver_kernels::gelu::gelu_forward(src, out.storage_mut::<f32>());
+        out
+    }
+
+    fn sliver_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.shape() != grad.shape() {
+            return Self::gelu_backward(x, grad);
+        }
+        let (x, grad) = (contiguous(x), contiguous(grad));
+        let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+        sliver_kernels::gelu::gelu_backward(
+            x.as_slice::<f32>().expect("contiguous f32"),
+            grad.as_slice::<f32>().expect("contiguous f32"),
+            out.storage_mut::<f32>(),
+        );
+        out
+    }
+}
+
+/// `t` itself when its elements are one dense run in order, else a dense copy.
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.layout().contiguous_offsets().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+#[cfg(feature = "cube")]
+impl SliverOps for burn::backend::Cube {}
+
+/// A 2-D f32 view of a flex tensor, strides and all; `None` for other ranks or dtypes.
+fn view(t: &FlexTensor) -> Option<MatRef<'_>> {
+    let layout = t.layout();
+    let dims = layout.shape();
+    if t.dtype() != DType::F32 || dims.num_dims() != 2 {
+        return None;
+    }
+    let strides = layout.strides();
+    MatRef::new(t.storage::<f32>(), layout.start_offset(), dims[0], dims[1], strides[0], strides[1])
+        .ok()
+}
+
+/// The packed GEMM on two f32 matrices; `None` when the kernels do not cover the inputs (other
+/// dtypes or ranks), so the caller falls back to flex's own product.
+fn flex_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
+    let (a, b) = (view(lhs)?, view(rhs)?);
+    if a.cols() != b.rows() {
+        return None;
+    }
+    let mut out = FlexTensor::empty([a.rows(), b.cols()].into(), DType::F32);
+    sliver_kernels::gemm(a, b, out.storage_mut::<f32>()).ok()?;
+    Some(out)
+}
+
+impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
+    fn sliver_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct MatmulBackward;
+
+        impl<B: SliverOps> Backward<B, 2> for MatmulBackward {
+            type State = (Option<NodeId>, Option<NodeId>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let (lhs, rhs) = ops.state;
+                let lhs: Option<B::FloatTensorPrimitive> =
+                    lhs.map(|id| checkpointer.retrieve_node_output(id));
+                let rhs: Option<B::FloatTensorPrimitive> =
+                    rhs.map(|id| checkpointer.retrieve_node_output(id));
+                binary::<B, _, _>(
+                    ops.parents,
+                    ops.node,
+                    grads,
+                    |grad| {
+                        let rhs = rhs.expect("rhs kept for the lhs gradient");
+                        B::sliver_matmul(grad, B::float_transpose(rhs))
+                    },
+                    |grad| {
+                        let lhs = lhs.expect("lhs kept for the rhs gradient");
+                        B::sliver_matmul(B::float_transpose(lhs), grad)
+                    },
+                );
+            }
+        }
+
+        let lhs_tracked = lhs.is_tracked();
+        let rhs_tracked = rhs.is_tracked();
+        match MatmulBackward.prepare::<C>([lhs.node(), rhs.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                // Each side's gradient needs the other side's value.
+                let lhs_state = rhs_tracked.then(|| prep.checkpoint(&lhs));
+                let rhs_state = lhs_tracked.then(|| prep.checkpoint(&rhs));
+                let out = B::sliver_matmul(lhs.into_primitive(), rhs.into_primitive());
+                prep.finish((lhs_state, rhs_state), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::sliver_matmul(lhs.into_primitive(), rhs.into_primitive()))
+            }
+        }
+    }
+
+    fn sliver_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct GeluBackward;
+
+        impl<B: SliverOps> Backward<B, 1> for GeluBackward {
+            type State = NodeId;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let x: B::FloatTensorPrimitive = checkpointer.retrieve_node_output(ops.state);
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::sliver_gelu_backward(x, grad)
+                });
+            }
+        }
+
+        match GeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&x);
+                prep.finish(state, B::sliver_gelu(x.into_primitive()))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::sliver_gelu(x.into_primitive())),
+        }
+    }
+
+    fn sliver_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Only reached when a gradient is itself differentiated, which training never does:
+        // compute the value without recording a graph.
+        <Self as AutodiffBackend>::from_inner(B::sliver_gelu_backward(
+            x.into_primitive(),
+            grad.into_primitive(),
+        ))
+    }
+}
+
+/// The exact GELU of `x`, element-wise, through the fast path where there is one.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as SliverOps>::sliver_gelu(x.into_dispatch()))
+}
+
+/// `lhs x rhs` for `[m, k]` and `[k, n]` matrices, through the fast path where there is one.
+pub fn matmul(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as SliverOps>::sliver_matmul(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    #[test]
+    fn matmul_and_its_gradients_match_burn() {
+        let dev = Device::flex().autodiff();
+        let a0 = Tensor::<2>::random([37, 19], Distribution::Default, &dev);
+        let b0 = Tensor::<2>::random([19, 45], Distribution::Default, &dev);
+        let g = Tensor::<2>::random([37, 45], Distribution::Default, &dev);
+        let run = |fast: bool| {
+            let a = a0.clone().detach().require_grad();
+            let b = b0.clone().detach().require_grad();
+            let y = if fast { matmul(a.clone(), b.clone()) } else { a.clone().matmul(b.clone()) };
+            let grads = (y.clone() * g.clone().detach()).sum().backward();
+            (y.inner(), a.grad(&grads).unwrap(), b.grad(&grads).unwrap())
+        };
+        let (y1, ga1, gb1) = run(true);
+        let (y2, ga2, gb2) = run(false);
+        let tol = Tolerance::<f32>::absolute(1e-5);
+        y1.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
+        ga1.into_data().assert_approx_eq::<f32>(&ga2.into_data(), tol);
+        gb1.into_data().assert_approx_eq::<f32>(&gb2.into_data(), tol);
+    }
+
+    #[test]
+    fn gelu_and_its_gradient_match_burn() {
+        let dev = Device::flex().autodiff();
+        let x0 = Tensor::<3>::random([3, 70, 50], Distribution::Normal(0.0, 2.0), &dev);
+        let g = Tensor::<3>::random([3, 70, 50], Distribution::Default, &dev).detach();
+        let run = |fast: bool| {
+            let x = x0.clone().detach().require_grad();
+            let y = if fast { gelu(x.clone()) } else { burn::tensor::activation::gelu(x.clone()) };
+            let grads = (y.clone() * g.clone()).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap())
+        };
+        let (y1, g1) = run(true);
+        let (y2, g2) = run(false);
+        let tol = Tolerance::<f32>::absolute(2e-6);
+        y1.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
+        g1.into_data().assert_approx_eq::<f32>(&g2.into_data(), tol);
+        // A strided input (a transposed view) is made dense first.
+        let xt = x0.inner().swap_dims(1, 2);
+        let fast = gelu(xt.clone());
+        fast.into_data().assert_approx_eq::<f32>(&burn::tensor::activation::gelu(xt).into_data(), tol);
+    }
+
+    #[test]
+    fn transposed_and_narrowed_inputs_take_the_fast_path_correctly() {
+        let dev = Device::flex();
+        let a = Tensor::<2>::random([30, 50], Distribution::Default, &dev);
+        let b = Tensor::<2>::random([40, 30], Distribution::Default, &dev);
+        let a_view = a.clone().narrow(1, 5, 20).transpose(); // [20, 30], strided
+        let b_view = b.clone().transpose(); // [30, 40]
+        let fast = matmul(a_view.clone(), b_view.clone());
+        let burn = a_view.matmul(b_view);
+        fast.into_data().assert_approx_eq::<f32>(&burn.into_data(), Tolerance::absolute(1e-5));
+    }
+}

@@ -1,0 +1,502 @@
+//! Packed f32 matrix product `C = A B` for the shapes of a small transformer's training step.
+//!
+//! The layout is the usual one of BLIS-style GEMMs: `B` is packed once into panels of [`NR`]
+//! columns (`k x NR`, row by row), `A` into panels of [`MR`] rows (`k x MR`, column by column),
+//! and a micro-kernel keeps an `MR x NR` tile of `C` in registers while it walks `k`. Packing
+//! reads any strides, so transposed operands (the backward pass's `Aᵀ dC` and `dC Bᵀ`) cost no
+//! copy beyond the packing itself. With more than one rayon thread, the rows of `C` are split
+//! between threads in whole panels; `k` is never split.
+//!
+//! **Determinism.** Each `C[i][j]` is computed as `acc = fma(A[i][p], B[p][j], acc)` for
+//! `p = 0, 1, ..., k-1`, starting from zero, by every kernel (AVX-512 or portable), in every
+//! tile position and for any thread count. The result is therefore the same bits on every
+//! machine whose `fma` is IEEE's (all of them: it is exactly rounded by definition).
+
+use rayon::prelude::*;
+
+/// Rows of `C` a micro-kernel computes at once.
+pub const MR: usize = 12;
+/// Columns of `C` a micro-kernel computes at once (two AVX-512 vectors).
+pub const NR: usize = 32;
+
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+/// A shape or bounds problem in [`gemm`]'s arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeError(pub String);
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gemm: {}", self.0)
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// A read-only strided view of a matrix inside a slice: element `(i, j)` is
+/// `data[offset + i * row_stride + j * col_stride]`. Construction checks that every element is
+/// inside `data`, so the kernels may read without further checks.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    rs: isize,
+    cs: isize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A view with explicit strides (in elements, possibly zero or negative).
+    pub fn new(
+        data: &'a [f32],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: isize,
+        col_stride: isize,
+    ) -> Result<Self, ShapeError> {
+        if rows > 0 && cols > 0 {
+            let span = |n: usize, s: isize| -> Option<(isize, isize)> {
+                let last = isize::try_from(n - 1).ok()?.checked_mul(s)?;
+                Some((last.min(0), last.max(0)))
+            };
+            let bounds = span(rows, row_stride)
+                .zip(span(cols, col_stride))
+                .and_then(|((rl, rh), (cl, ch))| {
+                    let base = isize::try_from(offset).ok()?;
+                    Some((base.checked_add(rl)?.checked_add(cl)?, base.checked_add(rh)?.checked_add(ch)?))
+                });
+            match bounds {
+                Some((lo, hi)) if lo >= 0 && (hi as usize) < data.len() => {}
+                _ => {
+                    return Err(ShapeError(format!(
+                        "a {rows}x{cols} view at offset {offset} with strides \
+                         ({row_stride}, {col_stride}) does not fit in {} elements",
+                        data.len()
+                    )))
+                }
+            }
+        }
+        Ok(MatRef { data, offset, rows, cols, rs: row_stride, cs: col_stride })
+    }
+
+    /// A dense row-major `rows x cols` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self, ShapeError> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(ShapeError(format!(
+                "{} elements are not a {rows}x{cols} matrix",
+                data.len()
+            )));
+        }
+        Self::new(data, 0, rows, cols, cols as isize, 1)
+    }
+
+    /// The transposed view (no copy).
+    pub fn t(self) -> Self {
+        MatRef { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Element `(i, j)`; bounds were checked at construction.
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        let idx = self.offset as isize + i as isize * self.rs + j as isize * self.cs;
+        // SAFETY: `new` checked that every (i < rows, j < cols) index is inside `data`.
+        unsafe { *self.data.get_unchecked(idx as usize) }
+    }
+}
+
+/// `C = A B`, with `C` dense row-major `a.rows() x b.cols()`. Errors when the inner dimensions
+/// differ or `c` has the wrong length.
+pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) -> Result<(), ShapeError> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k {
+        return Err(ShapeError(format!(
+            "inner dimensions differ: {m}x{k} times {}x{n}",
+            b.rows
+        )));
+    }
+    if m.checked_mul(n) != Some(c.len()) {
+        return Err(ShapeError(format!("output has {} elements, not {m}x{n}", c.len())));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return Ok(());
+    }
+    let kernel = Kernel::detect();
+    let np = n.div_ceil(NR);
+    with_scratch(&PACK_B, np * k * NR, |pb| {
+        for (j, panel) in pb.chunks_exact_mut(k * NR).enumerate() {
+            pack_b(&b, j * NR, (n - j * NR).min(NR), panel);
+        }
+        let pb = &*pb;
+        let mp = m.div_ceil(MR);
+        let threads = rayon::current_num_threads().min(mp);
+        if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS {
+            let panels_per = mp.div_ceil(threads);
+            c.par_chunks_mut(panels_per * MR * n).enumerate().for_each(|(t, rows)| {
+                compute_rows(kernel, &a, pb, t * panels_per * MR, rows, n, k)
+            });
+        } else {
+            compute_rows(kernel, &a, pb, 0, c, n, k);
+        }
+    });
+    Ok(())
+}
+
+/// Computes the rows `row0 ..` of `C` that `out` holds (whole panels except at the end).
+fn compute_rows(
+    kernel: Kernel,
+    a: &MatRef<'_>,
+    pb: &[f32],
+    row0: usize,
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+) {
+    let rows = out.len() / n;
+    let mp = rows.div_ceil(MR);
+    with_scratch(&PACK_A, mp * k * MR, |pa| {
+        for (i, panel) in pa.chunks_exact_mut(k * MR).enumerate() {
+            pack_a(a, row0 + i * MR, (rows - i * MR).min(MR), panel);
+        }
+        tiles(kernel, pa, pb, out, n, k, rows)
+    })
+}
+
+/// Runs the micro-kernel over every tile of `out` from packed panels.
+fn tiles(kernel: Kernel, pa: &[f32], pb: &[f32], out: &mut [f32], n: usize, k: usize, rows: usize) {
+    for (j, bpanel) in pb.chunks_exact(k * NR).enumerate() {
+        let nr = (n - j * NR).min(NR);
+        for (i, apanel) in pa.chunks_exact(k * MR).enumerate() {
+            let mr = (rows - i * MR).min(MR);
+            let tile = &mut out[i * MR * n + j * NR..];
+            kernel.run(k, apanel, bpanel, tile, n, mr, nr);
+        }
+    }
+}
+
+/// Packs rows `r0 .. r0 + mr` of `a` as `k` groups of [`MR`] values (zero past `mr`).
+fn pack_a(a: &MatRef<'_>, r0: usize, mr: usize, out: &mut [f32]) {
+    let k = a.cols;
+    if mr < MR {
+        out.fill(0.0);
+    }
+    if a.rs == 1 && k > 0 {
+        // Column-major source (a transposed row-major matrix): each group is contiguous.
+        for p in 0..k {
+            let start = a.offset as isize + r0 as isize + p as isize * a.cs;
+            let src = &a.data[start as usize..start as usize + mr];
+            out[p * MR..p * MR + mr].copy_from_slice(src);
+        }
+    } else if a.cs == 1 && k > 0 {
+        for r in 0..mr {
+            let start = (a.offset as isize + (r0 + r) as isize * a.rs) as usize;
+            for (p, &v) in a.data[start..start + k].iter().enumerate() {
+                out[p * MR + r] = v;
+            }
+        }
+    } else {
+        for p in 0..k {
+            for r in 0..mr {
+                out[p * MR + r] = a.at(r0 + r, p);
+            }
+        }
+    }
+}
+
+/// Packs columns `c0 .. c0 + nr` of `b` as `k` rows of [`NR`] values (zero past `nr`).
+fn pack_b(b: &MatRef<'_>, c0: usize, nr: usize, out: &mut [f32]) {
+    let k = b.rows;
+    if nr < NR {
+        out.fill(0.0);
+    }
+    if b.cs == 1 && k > 0 {
+        for p in 0..k {
+            let start = (b.offset as isize + p as isize * b.rs + c0 as isize) as usize;
+            out[p * NR..p * NR + nr].copy_from_slice(&b.data[start..start + nr]);
+        }
+    } else if b.rs == 1 && k > 0 {
+        // Column-major source (a transposed weight): each column is contiguous.
+        for j in 0..nr {
+            let start = (b.offset as isize + (c0 + j) as isize * b.cs) as usize;
+            for (p, &v) in b.data[start..start + k].iter().enumerate() {
+                out[p * NR + j] = v;
+            }
+        }
+    } else {
+        for p in 0..k {
+            for j in 0..nr {
+                out[p * NR + j] = b.at(p, c0 + j);
+            }
+        }
+    }
+}
+
+/// A scratch buffer of `len` values whose contents are unspecified (packing overwrites or
+/// zero-fills every value it uses), reused across calls on the same thread.
+fn with_scratch<R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    slot.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a nested pool job): use a fresh buffer.
+        Err(_) => f(&mut vec![0f32; len]),
+    })
+}
+
+thread_local! {
+    static PACK_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PACK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Which micro-kernel this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// x86-64 with AVX-512F.
+    Avx512,
+    /// x86-64 with AVX2 and FMA: the portable kernel compiled for them.
+    Avx2Fma,
+    /// Anything else: the portable kernel (`f32::mul_add`).
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU supports.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Kernel::Avx2Fma;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// One tile: `C[0..mr, 0..nr] = Apanel Bpanel`, `C` with row stride `ldc`.
+    #[inline]
+    fn run(
+        self,
+        k: usize,
+        pa: &[f32],
+        pb: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+    ) {
+        debug_assert!(pa.len() >= k * MR && pb.len() >= k * NR);
+        debug_assert!(c.len() >= (mr - 1) * ldc + nr);
+        let mut tile = [[0f32; NR]; MR];
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                // SAFETY: selected only when the CPU reports AVX-512F; the panels hold k
+                // groups of MR (A) and NR (B) values, checked above.
+                unsafe {
+                    if mr == MR && nr == NR && c.len() >= (MR - 1) * ldc + NR {
+                        return x86::kernel_avx512(k, pa.as_ptr(), pb.as_ptr(), c.as_mut_ptr(), ldc);
+                    }
+                    x86::kernel_avx512(k, pa.as_ptr(), pb.as_ptr(), tile.as_mut_ptr().cast(), NR);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: selected only when the CPU reports AVX2 and FMA.
+            Kernel::Avx2Fma => unsafe { x86::kernel_avx2(k, pa, pb, &mut tile) },
+            _ => portable_kernel(k, pa, pb, &mut tile),
+        }
+        for (r, row) in tile.iter().enumerate().take(mr) {
+            c[r * ldc..r * ldc + nr].copy_from_slice(&row[..nr]);
+        }
+    }
+}
+
+/// The reference kernel: the same fused multiply-add chain as the vector kernels.
+#[inline(always)]
+fn portable_kernel(k: usize, pa: &[f32], pb: &[f32], acc: &mut [[f32; NR]; MR]) {
+    for p in 0..k {
+        let a: &[f32; MR] = pa[p * MR..p * MR + MR].try_into().expect("panel length");
+        let b: &[f32; NR] = pb[p * NR..p * NR + NR].try_into().expect("panel length");
+        for r in 0..MR {
+            for j in 0..NR {
+                acc[r][j] = a[r].mul_add(b[j], acc[r][j]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The portable kernel compiled with AVX2 and FMA enabled.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_avx2(k: usize, pa: &[f32], pb: &[f32], acc: &mut [[f32; NR]; MR]) {
+        super::portable_kernel(k, pa, pb, acc)
+    }
+
+    /// `MR x NR` tile in 24 zmm accumulators; stores the full tile at `c` (row stride `ldc`).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel_avx512(k: usize, pa: *const f32, pb: *const f32, c: *mut f32, ldc: usize) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for p in 0..k {
+            let b0 = _mm512_loadu_ps(pb.add(p * NR));
+            let b1 = _mm512_loadu_ps(pb.add(p * NR + 16));
+            let ap = pa.add(p * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*ap.add(r));
+                row[0] = _mm512_fmadd_ps(a, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(a, b1, row[1]);
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * ldc), row[0]);
+            _mm512_storeu_ps(c.add(r * ldc + 16), row[1]);
+        }
+    }
+}
+
+/// `C = A B` by the portable kernel on one thread, whatever the CPU: the reference the
+/// vector kernels must match bit for bit.
+pub fn gemm_reference(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions");
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0f32;
+            for p in 0..k {
+                acc = a.at(i, p).mul_add(b.at(p, j), acc);
+            }
+            c[i * n + j] = acc;
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 20001) as f32 / 10000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check(m: usize, k: usize, n: usize, transpose_a: bool, transpose_b: bool) {
+        let av = values(m * k, 1 + m as u32);
+        let bv = values(k * n, 7 + n as u32);
+        let a = if transpose_a {
+            MatRef::row_major(&av, k, m).unwrap().t()
+        } else {
+            MatRef::row_major(&av, m, k).unwrap()
+        };
+        let b = if transpose_b {
+            MatRef::row_major(&bv, n, k).unwrap().t()
+        } else {
+            MatRef::row_major(&bv, k, n).unwrap()
+        };
+        let want = gemm_reference(a, b);
+        let mut got = vec![f32::NAN; m * n];
+        gemm(a, b, &mut got).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{m}x{k}x{n} ta={transpose_a} tb={transpose_b} at {i}: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn matches_the_reference_bitwise_on_edges_and_transposes() {
+        for &(m, k, n) in &[(1, 1, 1), (12, 3, 32), (13, 5, 33), (7, 17, 5), (25, 64, 70), (96, 128, 96)] {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    check(m, k, n, ta, tb);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_split_gives_the_same_bits() {
+        // Large enough to take the parallel path on a pool of four threads.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let (m, k, n) = (200, 96, 100);
+        let av = values(m * k, 3);
+        let bv = values(k * n, 4);
+        let a = MatRef::row_major(&av, m, k).unwrap();
+        let b = MatRef::row_major(&bv, k, n).unwrap();
+        let mut par = vec![0f32; m * n];
+        pool.install(|| gemm(a, b, &mut par)).unwrap();
+        let want = gemm_reference(a, b);
+        assert!(par.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    #[test]
+    fn portable_and_detected_kernels_agree() {
+        let (m, k, n) = (24, 40, 64);
+        let av = values(m * k, 5);
+        let bv = values(k * n, 6);
+        let a = MatRef::row_major(&av, m, k).unwrap();
+        let b = MatRef::row_major(&bv, k, n).unwrap();
+        let mut pa = vec![0f32; k * MR];
+        let mut pb = vec![0f32; k * NR];
+        pack_a(&a, 0, MR, &mut pa);
+        pack_b(&b, 0, NR, &mut pb);
+        let mut detected = vec![0f32; MR * NR];
+        let mut portable = vec![0f32; MR * NR];
+        Kernel::detect().run(k, &pa, &pb, &mut detected, NR, MR, NR);
+        Kernel::Portable.run(k, &pa, &pb, &mut portable, NR, MR, NR);
+        assert_eq!(detected, portable, "kernel {:?}", Kernel::detect());
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let v = vec![0f32; 12];
+        assert!(MatRef::row_major(&v, 3, 5).is_err());
+        assert!(MatRef::new(&v, 4, 3, 3, 3, 1).is_err());
+        assert!(MatRef::new(&v, 0, 3, 4, -4, 1).is_err());
+        assert!(MatRef::new(&v, 8, 3, 4, -4, 1).is_ok());
+        let a = MatRef::row_major(&v, 3, 4).unwrap();
+        let mut c = vec![0f32; 9];
+        assert!(gemm(a, a, &mut c).is_err());
+        assert!(gemm(a, a.t(), &mut c[..8]).is_err());
+        assert!(gemm(a, a.t(), &mut c).is_ok());
+        let empty = MatRef::row_major(&[], 3, 0).unwrap();
+        let mut z = vec![1f32; 9];
+        gemm(empty, empty.t(), &mut z).unwrap();
+        assert!(z.iter().all(|&x| x == 0.0));
+    }
+}
