@@ -19,7 +19,8 @@ use burn::backend::TensorMetadata;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::DType;
-use burn::tensor::Tensor;
+use burn::backend::DispatchDevice;
+use burn::tensor::{Device, Tensor};
 use burn::backend::flex::FlexTensor;
 use sliver_kernels::MatRef;
 
@@ -39,6 +40,41 @@ pub trait SliverOps: Backend {
     /// `grad * GELU'(x)`: the GELU's input gradient.
     fn sliver_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::gelu_backward(x, grad)
+    }
+
+    /// Causal self-attention from the fused projection `[batch, seq, 3 width]` to the
+    /// head-merged output `[batch, seq, width]`. Only `flex` has it: callers check
+    /// [`attention_supported`] and take Burn's attention elsewhere.
+    fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        let _ = (qkv, heads);
+        unimplemented!("sliver_attention has no kernel on this backend: check attention_supported")
+    }
+
+    /// The probabilities `[batch, heads, seq, seq]` of [`SliverOps::sliver_attention`].
+    fn sliver_attention_probs(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        let _ = (qkv, heads);
+        unimplemented!("sliver_attention has no kernel on this backend: check attention_supported")
+    }
+
+    /// The output `probs v` of [`SliverOps::sliver_attention`].
+    fn sliver_attention_apply(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let _ = (qkv, probs, heads);
+        unimplemented!("sliver_attention has no kernel on this backend: check attention_supported")
+    }
+
+    /// The projection's gradient given the output's, `dy`.
+    fn sliver_attention_backward(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let _ = (qkv, probs, dy, heads);
+        unimplemented!("sliver_attention has no kernel on this backend: check attention_supported")
     }
 }
 
@@ -73,6 +109,80 @@ impl SliverOps for Flex {
             out.storage_mut::<f32>(),
         );
         out
+    }
+
+    fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        let probs = Self::sliver_attention_probs(qkv.clone(), heads);
+        Self::sliver_attention_apply(qkv, probs, heads)
+    }
+
+    fn sliver_attention_probs(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        let s = attn_shape(&qkv, heads);
+        let qkv = contiguous(qkv);
+        let mut probs = FlexTensor::empty([s.batch, s.heads, s.seq, s.seq].into(), DType::F32);
+        sliver_kernels::attention::causal_attention_probs(
+            s,
+            qkv.as_slice::<f32>().expect("contiguous f32"),
+            probs.storage_mut::<f32>(),
+        );
+        probs
+    }
+
+    fn sliver_attention_apply(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let s = attn_shape(&qkv, heads);
+        let (qkv, probs) = (contiguous(qkv), contiguous(probs));
+        let mut y = FlexTensor::empty([s.batch, s.seq, s.heads * s.head_dim].into(), DType::F32);
+        sliver_kernels::attention::causal_attention_apply(
+            s,
+            qkv.as_slice::<f32>().expect("contiguous f32"),
+            probs.as_slice::<f32>().expect("contiguous f32"),
+            y.storage_mut::<f32>(),
+        );
+        y
+    }
+
+    fn sliver_attention_backward(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let s = attn_shape(&qkv, heads);
+        let (qkv, probs, dy) = (contiguous(qkv), contiguous(probs), contiguous(dy));
+        let mut dqkv = FlexTensor::empty(qkv.layout().shape().clone(), DType::F32);
+        sliver_kernels::attention::causal_attention_backward(
+            s,
+            qkv.as_slice::<f32>().expect("contiguous f32"),
+            probs.as_slice::<f32>().expect("contiguous f32"),
+            dy.as_slice::<f32>().expect("contiguous f32"),
+            dqkv.storage_mut::<f32>(),
+        );
+        dqkv
+    }
+}
+
+/// The attention shape of a `[batch, seq, 3 width]` f32 projection split into `heads`; the
+/// model builds these, so a mismatch is a bug and panics with the shapes.
+fn attn_shape(qkv: &FlexTensor, heads: usize) -> sliver_kernels::attention::AttnShape {
+    let dims = qkv.layout().shape();
+    assert!(
+        qkv.dtype() == DType::F32
+            && dims.num_dims() == 3
+            && heads > 0
+            && dims[2] % (3 * heads) == 0,
+        "attention: {:?} {:?} is not an f32 [batch, seq, 3 x {heads} heads x head width] projection",
+        qkv.dtype(),
+        dims
+    );
+    sliver_kernels::attention::AttnShape {
+        batch: dims[0],
+        seq: dims[1],
+        heads,
+        head_dim: dims[2] / (3 * heads),
     }
 }
 
@@ -200,6 +310,87 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
             grad.into_primitive(),
         ))
     }
+
+    fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward;
+
+        impl<B: SliverOps> Backward<B, 1> for AttentionBackward {
+            type State = (NodeId, B::FloatTensorPrimitive, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let (qkv, probs, heads) = ops.state;
+                let qkv: B::FloatTensorPrimitive = checkpointer.retrieve_node_output(qkv);
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::sliver_attention_backward(qkv, probs, grad, heads)
+                });
+            }
+        }
+
+        match AttentionBackward.prepare::<C>([qkv.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let id = prep.checkpoint(&qkv);
+                let qkv = qkv.into_primitive();
+                let probs = B::sliver_attention_probs(qkv.clone(), heads);
+                let y = B::sliver_attention_apply(qkv, probs.clone(), heads);
+                prep.finish((id, probs, heads), y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::sliver_attention(qkv.into_primitive(), heads))
+            }
+        }
+    }
+
+    fn sliver_attention_probs(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::sliver_attention_probs(
+            qkv.into_primitive(),
+            heads,
+        ))
+    }
+
+    fn sliver_attention_apply(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::sliver_attention_apply(
+            qkv.into_primitive(),
+            probs.into_primitive(),
+            heads,
+        ))
+    }
+
+    fn sliver_attention_backward(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::sliver_attention_backward(
+            qkv.into_primitive(),
+            probs.into_primitive(),
+            dy.into_primitive(),
+            heads,
+        ))
+    }
+}
+
+/// Whether [`causal_attention`] has a kernel on `device` (the `flex` CPU backend, with or
+/// without autodiff).
+pub fn attention_supported(device: &Device) -> bool {
+    matches!(device.as_dispatch().clone().inner(), DispatchDevice::Flex(_))
+}
+
+/// Causal multi-head self-attention of the fused projection `qkv` `[batch, seq, 3 width]`,
+/// split into `heads`: the head-merged output `[batch, seq, width]`. Only where
+/// [`attention_supported`] says so.
+pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as SliverOps>::sliver_attention(qkv.into_dispatch(), heads))
 }
 
 /// The exact GELU of `x`, element-wise, through the fast path where there is one.
@@ -261,6 +452,39 @@ mod tests {
         let xt = x0.inner().swap_dims(1, 2);
         let fast = gelu(xt.clone());
         fast.into_data().assert_approx_eq::<f32>(&burn::tensor::activation::gelu(xt).into_data(), tol);
+    }
+
+    #[test]
+    fn attention_and_its_gradient_match_burn() {
+        use burn::tensor::module::attention;
+        use burn::tensor::ops::AttentionModuleOptions;
+        let dev = Device::flex().autodiff();
+        assert!(attention_supported(&dev) && attention_supported(&Device::flex()));
+        let (b, t, h, hd) = (3, 11, 2, 6);
+        let d = h * hd;
+        let qkv0 = Tensor::<3>::random([b, t, 3 * d], Distribution::Normal(0.0, 1.0), &dev);
+        let g = Tensor::<3>::random([b, t, d], Distribution::Default, &dev).detach();
+        let run = |fast: bool| {
+            let qkv = qkv0.clone().detach().require_grad();
+            let y = if fast {
+                causal_attention(qkv.clone(), h)
+            } else {
+                let heads = |i: usize| {
+                    qkv.clone().narrow(2, i * d, d).reshape([b, t, h, hd]).swap_dims(1, 2)
+                };
+                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+                attention(heads(0), heads(1), heads(2), None, None, options)
+                    .swap_dims(1, 2)
+                    .reshape([b, t, d])
+            };
+            let grads = (y.clone() * g.clone()).sum().backward();
+            (y.inner(), qkv.grad(&grads).unwrap())
+        };
+        let (y1, g1) = run(true);
+        let (y2, g2) = run(false);
+        let tol = Tolerance::<f32>::absolute(1e-5);
+        y1.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
+        g1.into_data().assert_approx_eq::<f32>(&g2.into_data(), tol);
     }
 
     #[test]

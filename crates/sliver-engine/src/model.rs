@@ -219,6 +219,9 @@ impl Attention {
         let h = self.n_head;
         let hd = d / h;
         let qkv = self.c_attn.forward(x);
+        if crate::fast::attention_supported(&qkv.device()) {
+            return self.c_proj.forward(crate::fast::causal_attention(qkv, h));
+        }
         let heads =
             |i: usize| qkv.clone().narrow(2, i * d, d).reshape([b, t, h, hd]).swap_dims(1, 2);
         let (q, k, v) = (heads(0), heads(1), heads(2));

@@ -16,7 +16,9 @@
 //! The engine wires these into Burn as a backend extension (`sliver_engine::fast`); this crate
 //! knows only slices.
 
+pub mod attention;
 pub mod gelu;
 pub mod gemm;
+mod math;
 
 pub use gemm::{gemm, MatRef, ShapeError};

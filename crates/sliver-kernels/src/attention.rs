@@ -1,0 +1,433 @@
+//! Causal multi-head self-attention straight from the fused `[batch, seq, 3 width]` projection
+//! to the head-merged `[batch, seq, width]` output, and its backward pass.
+//!
+//! A decomposed attention splits the projection into heads (copies), materialises the full
+//! `seq x seq` scores, masks them, runs a softmax in several passes and merges the heads (another
+//! copy); its backward does all of that again. Here each `(batch, head)` pair is one loop nest
+//! that reads the projection in place, computes only the causal half, and keeps the
+//! probabilities for the backward pass. Work is split across threads by batch row; the order of
+//! every sum is fixed, so results do not depend on the thread count.
+
+use crate::math::exp;
+use rayon::prelude::*;
+
+/// Dimensions of an attention call: `width = heads * head_dim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Batch rows.
+    pub batch: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Elements of the `[batch, seq, 3 width]` projection.
+    pub fn qkv_len(&self) -> usize {
+        self.batch * self.seq * 3 * self.width()
+    }
+
+    /// Elements of the `[batch, seq, width]` output.
+    pub fn out_len(&self) -> usize {
+        self.batch * self.seq * self.width()
+    }
+
+    /// Elements of the `[batch, heads, seq, seq]` probabilities kept for the backward pass.
+    pub fn probs_len(&self) -> usize {
+        self.batch * self.heads * self.seq * self.seq
+    }
+}
+
+/// Forward pass: `probs` receives the attention probabilities (zero above the diagonal) and
+/// `y` the output. Panics if a slice length disagrees with `s` (a caller bug).
+pub fn causal_attention_forward(s: AttnShape, qkv: &[f32], probs: &mut [f32], y: &mut [f32]) {
+    causal_attention_probs(s, qkv, probs);
+    causal_attention_apply(s, qkv, probs, y);
+}
+
+/// First half of the forward pass: the probabilities `softmax(q kᵀ / √head_dim)` of every
+/// head, causal (zero above the diagonal).
+pub fn causal_attention_probs(s: AttnShape, qkv: &[f32], probs: &mut [f32]) {
+    assert_eq!(qkv.len(), s.qkv_len(), "attention: qkv length");
+    assert_eq!(probs.len(), s.probs_len(), "attention: probs length");
+    if probs.is_empty() {
+        return;
+    }
+    let (t, c) = (s.seq, s.width());
+    probs
+        .par_chunks_mut(s.heads * t * t)
+        .zip(qkv.par_chunks(t * 3 * c))
+        .for_each(|(p, qkv)| dispatch_forward(s, qkv, p, None));
+}
+
+/// Second half of the forward pass: `y = probs v`, heads merged into `[batch, seq, width]`.
+pub fn causal_attention_apply(s: AttnShape, qkv: &[f32], probs: &[f32], y: &mut [f32]) {
+    assert_eq!(qkv.len(), s.qkv_len(), "attention: qkv length");
+    assert_eq!(probs.len(), s.probs_len(), "attention: probs length");
+    assert_eq!(y.len(), s.out_len(), "attention: output length");
+    if y.is_empty() {
+        return;
+    }
+    let (t, c) = (s.seq, s.width());
+    y.par_chunks_mut(t * c)
+        .zip(qkv.par_chunks(t * 3 * c))
+        .zip(probs.par_chunks(s.heads * t * t))
+        .for_each(|((y, qkv), p)| dispatch_apply(s, qkv, p, y));
+}
+
+fn dispatch_apply(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: each variant runs only where the CPU reports its features.
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return unsafe { x86::apply_avx512(s, qkv, p, y) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return unsafe { x86::apply_avx2(s, qkv, p, y) };
+        }
+    }
+    apply_row(s, qkv, p, y)
+}
+
+/// `y_i = sum_j p_ij v_j` for one batch row (vectorised over the head width by the compiler).
+#[inline(always)]
+fn apply_row(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
+    let (t, hd, c) = (s.seq, s.head_dim, s.width());
+    let stride = 3 * c;
+    for h in 0..s.heads {
+        let vo = 2 * c + h * hd;
+        let ph = &p[h * t * t..(h + 1) * t * t];
+        for i in 0..t {
+            let out = &mut y[i * c + h * hd..i * c + h * hd + hd];
+            out.fill(0.0);
+            for (j, &pj) in ph[i * t..i * t + i + 1].iter().enumerate() {
+                let v = &qkv[j * stride + vo..j * stride + vo + hd];
+                for (o, &vd) in out.iter_mut().zip(v) {
+                    *o = pj.mul_add(vd, *o);
+                }
+            }
+        }
+    }
+}
+
+/// Backward pass: `dqkv` receives the gradient of the projection given the output gradient
+/// `dy`, the projection and the probabilities of the forward pass.
+pub fn causal_attention_backward(
+    s: AttnShape,
+    qkv: &[f32],
+    probs: &[f32],
+    dy: &[f32],
+    dqkv: &mut [f32],
+) {
+    assert_eq!(qkv.len(), s.qkv_len(), "attention: qkv length");
+    assert_eq!(probs.len(), s.probs_len(), "attention: probs length");
+    assert_eq!(dy.len(), s.out_len(), "attention: output gradient length");
+    assert_eq!(dqkv.len(), s.qkv_len(), "attention: qkv gradient length");
+    if s.out_len() == 0 {
+        return;
+    }
+    let (t, c) = (s.seq, s.width());
+    dqkv.par_chunks_mut(t * 3 * c)
+        .zip(qkv.par_chunks(t * 3 * c))
+        .zip(probs.par_chunks(s.heads * t * t))
+        .zip(dy.par_chunks(t * c))
+        .for_each(|(((dqkv, qkv), p), dy)| dispatch_backward(s, qkv, p, dy, dqkv));
+}
+
+fn dispatch_forward(s: AttnShape, qkv: &[f32], p: &mut [f32], _: Option<()>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: each variant runs only where the CPU reports its features.
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return unsafe { x86::forward_avx512(s, qkv, p) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return unsafe { x86::forward_avx2(s, qkv, p) };
+        }
+    }
+    forward_row(s, qkv, p)
+}
+
+fn dispatch_backward(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: as above.
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return unsafe { x86::backward_avx512(s, qkv, p, dy, dqkv) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return unsafe { x86::backward_avx2(s, qkv, p, dy, dqkv) };
+        }
+    }
+    backward_row(s, qkv, p, dy, dqkv)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::AttnShape;
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn forward_avx512(s: AttnShape, qkv: &[f32], p: &mut [f32]) {
+        super::forward_row(s, qkv, p)
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn apply_avx512(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
+        super::apply_row(s, qkv, p, y)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn apply_avx2(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
+        super::apply_row(s, qkv, p, y)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward_avx2(s: AttnShape, qkv: &[f32], p: &mut [f32]) {
+        super::forward_row(s, qkv, p)
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn backward_avx512(
+        s: AttnShape,
+        qkv: &[f32],
+        p: &[f32],
+        dy: &[f32],
+        dqkv: &mut [f32],
+    ) {
+        super::backward_row(s, qkv, p, dy, dqkv)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn backward_avx2(
+        s: AttnShape,
+        qkv: &[f32],
+        p: &[f32],
+        dy: &[f32],
+        dqkv: &mut [f32],
+    ) {
+        super::backward_row(s, qkv, p, dy, dqkv)
+    }
+}
+
+/// `dst[d * t + j] = src[j * stride + d]` for `j < t`, `d < hd`: one head's keys or values
+/// transposed, so score rows are sums of contiguous vectors.
+#[inline(always)]
+fn transpose_head(src: &[f32], stride: usize, t: usize, hd: usize, dst: &mut [f32]) {
+    for j in 0..t {
+        for d in 0..hd {
+            dst[d * t + j] = src[j * stride + d];
+        }
+    }
+}
+
+/// Probabilities of one batch row: `qkv` `[t, 3c]`, `p` `[heads, t, t]`.
+#[inline(always)]
+fn forward_row(s: AttnShape, qkv: &[f32], p: &mut [f32]) {
+    let (t, hd, c) = (s.seq, s.head_dim, s.width());
+    let stride = 3 * c;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut kt = vec![0f32; hd * t];
+    for h in 0..s.heads {
+        let (qo, ko) = (h * hd, c + h * hd);
+        transpose_head(&qkv[ko..], stride, t, hd, &mut kt);
+        let ph = &mut p[h * t * t..(h + 1) * t * t];
+        for i in 0..t {
+            let n = i + 1;
+            let row = &mut ph[i * t..(i + 1) * t];
+            row.fill(0.0);
+            let q = &qkv[i * stride + qo..i * stride + qo + hd];
+            let scores = &mut row[..n];
+            for (d, &qd) in q.iter().enumerate() {
+                let qd = qd * scale;
+                for (sc, &k) in scores.iter_mut().zip(&kt[d * t..d * t + n]) {
+                    *sc = qd.mul_add(k, *sc);
+                }
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut sum = 0f32;
+            for sc in scores.iter_mut() {
+                *sc = exp(*sc - max);
+                sum += *sc;
+            }
+            let inv = 1.0 / sum;
+            for sc in scores.iter_mut() {
+                *sc *= inv;
+            }
+        }
+    }
+}
+
+/// One batch row of the backward pass (shapes as in [`forward_row`], `dqkv` like `qkv`).
+#[inline(always)]
+fn backward_row(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: &mut [f32]) {
+    let (t, hd, c) = (s.seq, s.head_dim, s.width());
+    let stride = 3 * c;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut vt = vec![0f32; hd * t];
+    let mut dq = vec![0f32; t * hd];
+    let mut dk = vec![0f32; t * hd];
+    let mut dv = vec![0f32; t * hd];
+    let mut dp = vec![0f32; t];
+    for h in 0..s.heads {
+        let (qo, ko, vo) = (h * hd, c + h * hd, 2 * c + h * hd);
+        transpose_head(&qkv[vo..], stride, t, hd, &mut vt);
+        dq.fill(0.0);
+        dk.fill(0.0);
+        dv.fill(0.0);
+        let ph = &p[h * t * t..(h + 1) * t * t];
+        for i in 0..t {
+            let n = i + 1;
+            let pi = &ph[i * t..i * t + n];
+            let dyi = &dy[i * c + qo..i * c + qo + hd];
+            // dV_j += p_ij dy_i
+            for (j, &pij) in pi.iter().enumerate() {
+                for (a, &g) in dv[j * hd..(j + 1) * hd].iter_mut().zip(dyi) {
+                    *a = pij.mul_add(g, *a);
+                }
+            }
+            // dP_ij = dy_i . v_j
+            let dpi = &mut dp[..n];
+            dpi.fill(0.0);
+            for (d, &g) in dyi.iter().enumerate() {
+                for (a, &v) in dpi.iter_mut().zip(&vt[d * t..d * t + n]) {
+                    *a = g.mul_add(v, *a);
+                }
+            }
+            // dS_ij = p_ij (dP_ij - sum_j p_ij dP_ij), times the score scale.
+            let dot = pi.iter().zip(dpi.iter()).fold(0f32, |acc, (&a, &b)| a.mul_add(b, acc));
+            for (a, &pij) in dpi.iter_mut().zip(pi) {
+                *a = pij * (*a - dot) * scale;
+            }
+            let q = &qkv[i * stride + qo..i * stride + qo + hd];
+            let dqi = &mut dq[i * hd..(i + 1) * hd];
+            for (j, &ds) in dpi.iter().enumerate() {
+                let k = &qkv[j * stride + ko..j * stride + ko + hd];
+                for (a, &kd) in dqi.iter_mut().zip(k) {
+                    *a = ds.mul_add(kd, *a);
+                }
+                for (a, &qd) in dk[j * hd..(j + 1) * hd].iter_mut().zip(q) {
+                    *a = ds.mul_add(qd, *a);
+                }
+            }
+        }
+        for i in 0..t {
+            let row = &mut dqkv[i * stride..(i + 1) * stride];
+            row[qo..qo + hd].copy_from_slice(&dq[i * hd..(i + 1) * hd]);
+            row[ko..ko + hd].copy_from_slice(&dk[i * hd..(i + 1) * hd]);
+            row[vo..vo + hd].copy_from_slice(&dv[i * hd..(i + 1) * hd]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Straightforward f64 attention over the same layout.
+    fn reference(s: AttnShape, qkv: &[f32]) -> Vec<f64> {
+        let (t, hd, c) = (s.seq, s.head_dim, s.width());
+        let at = |b: usize, i: usize, off: usize| qkv[(b * t + i) * 3 * c + off] as f64;
+        let mut y = vec![0f64; s.out_len()];
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                for i in 0..t {
+                    let sc: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            (0..hd).map(|d| at(b, i, h * hd + d) * at(b, j, c + h * hd + d)).sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = sc.iter().map(|v| (v - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        y[(b * t + i) * c + h * hd + d] =
+                            (0..=i).map(|j| e[j] / z * at(b, j, 2 * c + h * hd + d)).sum();
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    const S: AttnShape = AttnShape { batch: 3, seq: 9, heads: 2, head_dim: 5 };
+
+    fn forward(s: AttnShape, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let mut p = vec![f32::NAN; s.probs_len()];
+        let mut y = vec![f32::NAN; s.out_len()];
+        causal_attention_forward(s, qkv, &mut p, &mut y);
+        (p, y)
+    }
+
+    #[test]
+    fn forward_matches_a_reference_and_is_causal() {
+        let qkv: Vec<f32> = values(S.qkv_len(), 1).iter().map(|v| v * 3.0).collect();
+        let (p, y) = forward(S, &qkv);
+        for (a, b) in y.iter().zip(reference(S, &qkv)) {
+            assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        for row in p.chunks(S.seq).enumerate().map(|(r, row)| (r % S.seq, row)) {
+            let (i, row) = row;
+            assert!(row[i + 1..].iter().all(|&v| v == 0.0));
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn backward_matches_central_differences() {
+        let qkv = values(S.qkv_len(), 2);
+        let w = values(S.out_len(), 3); // loss = sum(w * y)
+        let (p, _) = forward(S, &qkv);
+        let mut grad = vec![f32::NAN; S.qkv_len()];
+        causal_attention_backward(S, &qkv, &p, &w, &mut grad);
+        let loss = |x: &[f32]| -> f64 {
+            reference(S, x).iter().zip(&w).map(|(y, w)| y * *w as f64).sum()
+        };
+        for idx in (0..S.qkv_len()).step_by(7) {
+            let h = 1e-2f32;
+            let mut plus = qkv.clone();
+            plus[idx] += h;
+            let mut minus = qkv.clone();
+            minus[idx] -= h;
+            let want = (loss(&plus) - loss(&minus)) / (2.0 * h as f64);
+            assert!((grad[idx] as f64 - want).abs() < 2e-4, "d/dqkv[{idx}]: {} vs {want}", grad[idx]);
+        }
+    }
+
+    #[test]
+    fn thread_count_does_not_change_the_bits() {
+        let s = AttnShape { batch: 6, seq: 16, heads: 2, head_dim: 8 };
+        let qkv = values(s.qkv_len(), 4);
+        let dy = values(s.out_len(), 5);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let (p, y) = forward(s, &qkv);
+                let mut g = vec![0f32; s.qkv_len()];
+                causal_attention_backward(s, &qkv, &p, &dy, &mut g);
+                (y, g)
+            })
+        };
+        let (y1, g1) = run(1);
+        let (y3, g3) = run(3);
+        assert!(y1.iter().zip(&y3).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
