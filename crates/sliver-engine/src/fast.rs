@@ -14,14 +14,14 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
+use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ActivationOps, FloatTensorOps};
-use burn::backend::TensorMetadata;
 use burn::backend::tensor::FloatTensor;
+use burn::backend::DispatchDevice;
+use burn::backend::TensorMetadata;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::DType;
-use burn::backend::DispatchDevice;
 use burn::tensor::{Device, Tensor};
-use burn::backend::flex::FlexTensor;
 use sliver_kernels::MatRef;
 
 /// The engine's backend extension: operations with a fast CPU path and a custom backward pass.
@@ -451,7 +451,8 @@ mod tests {
         // A strided input (a transposed view) is made dense first.
         let xt = x0.inner().swap_dims(1, 2);
         let fast = gelu(xt.clone());
-        fast.into_data().assert_approx_eq::<f32>(&burn::tensor::activation::gelu(xt).into_data(), tol);
+        fast.into_data()
+            .assert_approx_eq::<f32>(&burn::tensor::activation::gelu(xt).into_data(), tol);
     }
 
     #[test]
@@ -472,7 +473,8 @@ mod tests {
                 let heads = |i: usize| {
                     qkv.clone().narrow(2, i * d, d).reshape([b, t, h, hd]).swap_dims(1, 2)
                 };
-                let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+                let options =
+                    AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
                 attention(heads(0), heads(1), heads(2), None, None, options)
                     .swap_dims(1, 2)
                     .reshape([b, t, d])

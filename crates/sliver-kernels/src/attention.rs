@@ -350,7 +350,9 @@ mod tests {
                 for i in 0..t {
                     let sc: Vec<f64> = (0..=i)
                         .map(|j| {
-                            (0..hd).map(|d| at(b, i, h * hd + d) * at(b, j, c + h * hd + d)).sum::<f64>()
+                            (0..hd)
+                                .map(|d| at(b, i, h * hd + d) * at(b, j, c + h * hd + d))
+                                .sum::<f64>()
                                 / (hd as f64).sqrt()
                         })
                         .collect();
@@ -397,9 +399,8 @@ mod tests {
         let (p, _) = forward(S, &qkv);
         let mut grad = vec![f32::NAN; S.qkv_len()];
         causal_attention_backward(S, &qkv, &p, &w, &mut grad);
-        let loss = |x: &[f32]| -> f64 {
-            reference(S, x).iter().zip(&w).map(|(y, w)| y * *w as f64).sum()
-        };
+        let loss =
+            |x: &[f32]| -> f64 { reference(S, x).iter().zip(&w).map(|(y, w)| y * *w as f64).sum() };
         for idx in (0..S.qkv_len()).step_by(7) {
             let h = 1e-2f32;
             let mut plus = qkv.clone();
@@ -407,7 +408,11 @@ mod tests {
             let mut minus = qkv.clone();
             minus[idx] -= h;
             let want = (loss(&plus) - loss(&minus)) / (2.0 * h as f64);
-            assert!((grad[idx] as f64 - want).abs() < 2e-4, "d/dqkv[{idx}]: {} vs {want}", grad[idx]);
+            assert!(
+                (grad[idx] as f64 - want).abs() < 2e-4,
+                "d/dqkv[{idx}]: {} vs {want}",
+                grad[idx]
+            );
         }
     }
 

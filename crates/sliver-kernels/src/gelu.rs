@@ -120,9 +120,7 @@ pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
     if x.len() < 2 * CHUNK {
         return forward_dispatch(x, y);
     }
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| forward_dispatch(x, y));
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| forward_dispatch(x, y));
 }
 
 /// `out = g * GELU'(x)` element-wise: the input gradient given the output gradient `g`.
@@ -184,7 +182,10 @@ mod tests {
             let h = 1e-4;
             let x = x as f64;
             let want = g as f64 * (gelu64(x + h) - gelu64(x - h)) / (2.0 * h);
-            assert!((d as f64 - want).abs() < 1e-6 * want.abs().max(1.0), "gelu'({x}) {d} vs {want}");
+            assert!(
+                (d as f64 - want).abs() < 1e-6 * want.abs().max(1.0),
+                "gelu'({x}) {d} vs {want}"
+            );
         }
     }
 

@@ -62,12 +62,15 @@ impl<'a> MatRef<'a> {
                 let last = isize::try_from(n - 1).ok()?.checked_mul(s)?;
                 Some((last.min(0), last.max(0)))
             };
-            let bounds = span(rows, row_stride)
-                .zip(span(cols, col_stride))
-                .and_then(|((rl, rh), (cl, ch))| {
+            let bounds = span(rows, row_stride).zip(span(cols, col_stride)).and_then(
+                |((rl, rh), (cl, ch))| {
                     let base = isize::try_from(offset).ok()?;
-                    Some((base.checked_add(rl)?.checked_add(cl)?, base.checked_add(rh)?.checked_add(ch)?))
-                });
+                    Some((
+                        base.checked_add(rl)?.checked_add(cl)?,
+                        base.checked_add(rh)?.checked_add(ch)?,
+                    ))
+                },
+            );
             match bounds {
                 Some((lo, hi)) if lo >= 0 && (hi as usize) < data.len() => {}
                 _ => {
@@ -122,10 +125,7 @@ impl<'a> MatRef<'a> {
 pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) -> Result<(), ShapeError> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k {
-        return Err(ShapeError(format!(
-            "inner dimensions differ: {m}x{k} times {}x{n}",
-            b.rows
-        )));
+        return Err(ShapeError(format!("inner dimensions differ: {m}x{k} times {}x{n}", b.rows)));
     }
     if m.checked_mul(n) != Some(c.len()) {
         return Err(ShapeError(format!("output has {} elements, not {m}x{n}", c.len())));
@@ -321,7 +321,13 @@ impl Kernel {
                 // groups of MR (A) and NR (B) values, checked above.
                 unsafe {
                     if mr == MR && nr == NR && c.len() >= (MR - 1) * ldc + NR {
-                        return x86::kernel_avx512(k, pa.as_ptr(), pb.as_ptr(), c.as_mut_ptr(), ldc);
+                        return x86::kernel_avx512(
+                            k,
+                            pa.as_ptr(),
+                            pb.as_ptr(),
+                            c.as_mut_ptr(),
+                            ldc,
+                        );
                     }
                     x86::kernel_avx512(k, pa.as_ptr(), pb.as_ptr(), tile.as_mut_ptr().cast(), NR);
                 }
@@ -364,7 +370,13 @@ mod x86 {
 
     /// `MR x NR` tile in 24 zmm accumulators; stores the full tile at `c` (row stride `ldc`).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel_avx512(k: usize, pa: *const f32, pb: *const f32, c: *mut f32, ldc: usize) {
+    pub(super) unsafe fn kernel_avx512(
+        k: usize,
+        pa: *const f32,
+        pb: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for p in 0..k {
             let b0 = _mm512_loadu_ps(pb.add(p * NR));
@@ -434,13 +446,19 @@ mod tests {
         let mut got = vec![f32::NAN; m * n];
         gemm(a, b, &mut got).unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), w.to_bits(), "{m}x{k}x{n} ta={transpose_a} tb={transpose_b} at {i}: {g} vs {w}");
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{m}x{k}x{n} ta={transpose_a} tb={transpose_b} at {i}: {g} vs {w}"
+            );
         }
     }
 
     #[test]
     fn matches_the_reference_bitwise_on_edges_and_transposes() {
-        for &(m, k, n) in &[(1, 1, 1), (12, 3, 32), (13, 5, 33), (7, 17, 5), (25, 64, 70), (96, 128, 96)] {
+        for &(m, k, n) in
+            &[(1, 1, 1), (12, 3, 32), (13, 5, 33), (7, 17, 5), (25, 64, 70), (96, 128, 96)]
+        {
             for ta in [false, true] {
                 for tb in [false, true] {
                     check(m, k, n, ta, tb);

@@ -29,4 +29,3 @@ pub(crate) fn exp(x0: f32) -> f32 {
         v
     }
 }
-

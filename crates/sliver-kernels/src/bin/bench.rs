@@ -33,7 +33,11 @@ fn main() {
                 }
                 let s = t.elapsed().as_secs_f64() / iters as f64;
                 let flops = 2.0 * (m * k * n) as f64;
-                println!("| {m}x{k}x{n} | {what} | {threads} | {:.3} | {:.1} |", s * 1e3, flops / s / 1e9);
+                println!(
+                    "| {m}x{k}x{n} | {what} | {threads} | {:.3} | {:.1} |",
+                    s * 1e3,
+                    flops / s / 1e9
+                );
             });
         }
     }
