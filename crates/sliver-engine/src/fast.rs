@@ -1,10 +1,12 @@
 //! Fast paths for the operations that dominate a training step on the CPU, wired into Burn as a
 //! backend extension ([`SliverOps`]).
 //!
-//! On the `flex` backend they run `sliver-kernels`' packed GEMM (about twice Burn's own GEMM on
-//! the step's shapes); under autodiff they record their own backward pass, which calls the same
-//! kernels. On any other backend (wgpu, CUDA) they fall back to Burn's standard operations, so
-//! model code calls them unconditionally.
+//! On the `flex` backend they run `sliver-kernels`: a packed GEMM (about twice Burn's own on
+//! the step's shapes), a one-pass exact GELU and a causal attention that reads the fused QKV
+//! projection in place. Under autodiff they record their own backward passes, which call the
+//! same kernels. On other backends (wgpu, CUDA) `matmul` and `gelu` fall back to Burn's standard
+//! operations; attention has no fallback here, so the model asks [`attention_supported`] and
+//! uses Burn's attention module where it says no.
 //!
 //! The kernels are deterministic: the same inputs give the same bits for any thread count, and
 //! on any CPU (see `sliver_kernels::gemm`), which audit replay relies on.
