@@ -8,7 +8,7 @@
 //! probabilities for the backward pass. Work is split across threads by batch row; the order of
 //! every sum is fixed, so results do not depend on the thread count.
 
-use crate::math::exp;
+use crate::math::{exp, vectorised};
 use rayon::prelude::*;
 
 /// Dimensions of an attention call: `width = heads * head_dim`.
@@ -64,7 +64,7 @@ pub fn causal_attention_probs(s: AttnShape, qkv: &[f32], probs: &mut [f32]) {
     probs
         .par_chunks_mut(s.heads * t * t)
         .zip(qkv.par_chunks(t * 3 * c))
-        .for_each(|(p, qkv)| dispatch_forward(s, qkv, p, None));
+        .for_each(|(p, qkv)| dispatch_forward(s, qkv, p));
 }
 
 /// Second half of the forward pass: `y = probs v`, heads merged into `[batch, seq, width]`.
@@ -80,21 +80,6 @@ pub fn causal_attention_apply(s: AttnShape, qkv: &[f32], probs: &[f32], y: &mut 
         .zip(qkv.par_chunks(t * 3 * c))
         .zip(probs.par_chunks(s.heads * t * t))
         .for_each(|((y, qkv), p)| dispatch_apply(s, qkv, p, y));
-}
-
-fn dispatch_apply(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its features.
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return unsafe { x86::apply_avx512(s, qkv, p, y) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return unsafe { x86::apply_avx2(s, qkv, p, y) };
-        }
-    }
-    apply_row(s, qkv, p, y)
 }
 
 /// `y_i = sum_j p_ij v_j` for one batch row (vectorised over the head width by the compiler).
@@ -142,77 +127,12 @@ pub fn causal_attention_backward(
         .for_each(|(((dqkv, qkv), p), dy)| dispatch_backward(s, qkv, p, dy, dqkv));
 }
 
-fn dispatch_forward(s: AttnShape, qkv: &[f32], p: &mut [f32], _: Option<()>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its features.
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return unsafe { x86::forward_avx512(s, qkv, p) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return unsafe { x86::forward_avx2(s, qkv, p) };
-        }
-    }
-    forward_row(s, qkv, p)
-}
-
-fn dispatch_backward(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: as above.
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return unsafe { x86::backward_avx512(s, qkv, p, dy, dqkv) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return unsafe { x86::backward_avx2(s, qkv, p, dy, dqkv) };
-        }
-    }
-    backward_row(s, qkv, p, dy, dqkv)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::AttnShape;
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn forward_avx512(s: AttnShape, qkv: &[f32], p: &mut [f32]) {
-        super::forward_row(s, qkv, p)
-    }
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn apply_avx512(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
-        super::apply_row(s, qkv, p, y)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn apply_avx2(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
-        super::apply_row(s, qkv, p, y)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn forward_avx2(s: AttnShape, qkv: &[f32], p: &mut [f32]) {
-        super::forward_row(s, qkv, p)
-    }
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn backward_avx512(
-        s: AttnShape,
-        qkv: &[f32],
-        p: &[f32],
-        dy: &[f32],
-        dqkv: &mut [f32],
-    ) {
-        super::backward_row(s, qkv, p, dy, dqkv)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn backward_avx2(
-        s: AttnShape,
-        qkv: &[f32],
-        p: &[f32],
-        dy: &[f32],
-        dqkv: &mut [f32],
-    ) {
-        super::backward_row(s, qkv, p, dy, dqkv)
-    }
-}
+vectorised!(fn dispatch_forward(s: AttnShape, qkv: &[f32], p: &mut [f32]) => forward_row);
+vectorised!(fn dispatch_apply(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) => apply_row);
+vectorised!(
+    fn dispatch_backward(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: &mut [f32])
+        => backward_row
+);
 
 /// `dst[d * t + j] = src[j * stride + d]` for `j < t`, `d < hd`: one head's keys or values
 /// transposed, so score rows are sums of contiguous vectors.

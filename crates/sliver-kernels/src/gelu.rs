@@ -7,7 +7,7 @@
 //! last place (the tests bound it). Every element is computed by the same scalar expression, so
 //! results do not depend on vector width or thread count.
 
-use crate::math::exp;
+use crate::math::{exp, vectorised};
 use rayon::prelude::*;
 
 /// Elements per parallel chunk: below about twice this, a pass runs on the calling thread.
@@ -64,55 +64,8 @@ fn backward_chunk(x: &[f32], g: &[f32], out: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn forward_avx512(x: &[f32], y: &mut [f32]) {
-        super::forward_chunk(x, y)
-    }
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn backward_avx512(x: &[f32], g: &[f32], out: &mut [f32]) {
-        super::backward_chunk(x, g, out)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn forward_avx2(x: &[f32], y: &mut [f32]) {
-        super::forward_chunk(x, y)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn backward_avx2(x: &[f32], g: &[f32], out: &mut [f32]) {
-        super::backward_chunk(x, g, out)
-    }
-}
-
-fn forward_dispatch(x: &[f32], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its features.
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return unsafe { x86::forward_avx512(x, y) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return unsafe { x86::forward_avx2(x, y) };
-        }
-    }
-    forward_chunk(x, y)
-}
-
-fn backward_dispatch(x: &[f32], g: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: as above.
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return unsafe { x86::backward_avx512(x, g, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return unsafe { x86::backward_avx2(x, g, out) };
-        }
-    }
-    backward_chunk(x, g, out)
-}
+vectorised!(fn forward_dispatch(x: &[f32], y: &mut [f32]) => forward_chunk);
+vectorised!(fn backward_dispatch(x: &[f32], g: &[f32], out: &mut [f32]) => backward_chunk);
 
 /// `y = GELU(x)` element-wise. Panics if the lengths differ (a caller bug, not input data).
 pub fn gelu_forward(x: &[f32], y: &mut [f32]) {

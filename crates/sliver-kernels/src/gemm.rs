@@ -141,7 +141,7 @@ pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) -> Result<(), ShapeErro
     let np = n.div_ceil(NR);
     with_scratch(&PACK_B, np * k * NR, |pb| {
         for (j, panel) in pb.chunks_exact_mut(k * NR).enumerate() {
-            pack_b(&b, j * NR, (n - j * NR).min(NR), panel);
+            pack(&b.t(), j * NR, (n - j * NR).min(NR), NR, panel);
         }
         let pb = &*pb;
         let mp = m.div_ceil(MR);
@@ -172,7 +172,7 @@ fn compute_rows(
     let mp = rows.div_ceil(MR);
     with_scratch(&PACK_A, mp * k * MR, |pa| {
         for (i, panel) in pa.chunks_exact_mut(k * MR).enumerate() {
-            pack_a(a, row0 + i * MR, (rows - i * MR).min(MR), panel);
+            pack(a, row0 + i * MR, (rows - i * MR).min(MR), MR, panel);
         }
         tiles(kernel, pa, pb, out, n, k, rows)
     })
@@ -190,58 +190,31 @@ fn tiles(kernel: Kernel, pa: &[f32], pb: &[f32], out: &mut [f32], n: usize, k: u
     }
 }
 
-/// Packs rows `r0 .. r0 + mr` of `a` as `k` groups of [`MR`] values (zero past `mr`).
-fn pack_a(a: &MatRef<'_>, r0: usize, mr: usize, out: &mut [f32]) {
-    let k = a.cols;
-    if mr < MR {
+/// Packs rows `r0 .. r0 + count` of `m` as `m.cols` groups of `width` values (zero past
+/// `count`): `A`'s row panels with `width` [`MR`], and `B`'s column panels as the row panels of
+/// `Bᵀ` with `width` [`NR`].
+fn pack(m: &MatRef<'_>, r0: usize, count: usize, width: usize, out: &mut [f32]) {
+    let k = m.cols;
+    if count < width {
         out.fill(0.0);
     }
-    if a.rs == 1 && k > 0 {
+    if m.rs == 1 && k > 0 {
         // Column-major source (a transposed row-major matrix): each group is contiguous.
         for p in 0..k {
-            let start = a.offset as isize + r0 as isize + p as isize * a.cs;
-            let src = &a.data[start as usize..start as usize + mr];
-            out[p * MR..p * MR + mr].copy_from_slice(src);
+            let start = (m.offset as isize + r0 as isize + p as isize * m.cs) as usize;
+            out[p * width..p * width + count].copy_from_slice(&m.data[start..start + count]);
         }
-    } else if a.cs == 1 && k > 0 {
-        for r in 0..mr {
-            let start = (a.offset as isize + (r0 + r) as isize * a.rs) as usize;
-            for (p, &v) in a.data[start..start + k].iter().enumerate() {
-                out[p * MR + r] = v;
+    } else if m.cs == 1 && k > 0 {
+        for r in 0..count {
+            let start = (m.offset as isize + (r0 + r) as isize * m.rs) as usize;
+            for (p, &v) in m.data[start..start + k].iter().enumerate() {
+                out[p * width + r] = v;
             }
         }
     } else {
         for p in 0..k {
-            for r in 0..mr {
-                out[p * MR + r] = a.at(r0 + r, p);
-            }
-        }
-    }
-}
-
-/// Packs columns `c0 .. c0 + nr` of `b` as `k` rows of [`NR`] values (zero past `nr`).
-fn pack_b(b: &MatRef<'_>, c0: usize, nr: usize, out: &mut [f32]) {
-    let k = b.rows;
-    if nr < NR {
-        out.fill(0.0);
-    }
-    if b.cs == 1 && k > 0 {
-        for p in 0..k {
-            let start = (b.offset as isize + p as isize * b.rs + c0 as isize) as usize;
-            out[p * NR..p * NR + nr].copy_from_slice(&b.data[start..start + nr]);
-        }
-    } else if b.rs == 1 && k > 0 {
-        // Column-major source (a transposed weight): each column is contiguous.
-        for j in 0..nr {
-            let start = (b.offset as isize + (c0 + j) as isize * b.cs) as usize;
-            for (p, &v) in b.data[start..start + k].iter().enumerate() {
-                out[p * NR + j] = v;
-            }
-        }
-    } else {
-        for p in 0..k {
-            for j in 0..nr {
-                out[p * NR + j] = b.at(p, c0 + j);
+            for r in 0..count {
+                out[p * width + r] = m.at(r0 + r, p);
             }
         }
     }
@@ -491,8 +464,8 @@ mod tests {
         let b = MatRef::row_major(&bv, k, n).unwrap();
         let mut pa = vec![0f32; k * MR];
         let mut pb = vec![0f32; k * NR];
-        pack_a(&a, 0, MR, &mut pa);
-        pack_b(&b, 0, NR, &mut pb);
+        pack(&a, 0, MR, MR, &mut pa);
+        pack(&b.t(), 0, NR, NR, &mut pb);
         let mut detected = vec![0f32; MR * NR];
         let mut portable = vec![0f32; MR * NR];
         Kernel::detect().run(k, &pa, &pb, &mut detected, NR, MR, NR);

@@ -29,3 +29,37 @@ pub(crate) fn exp(x0: f32) -> f32 {
         v
     }
 }
+
+/// Defines `fn $name(args)` that runs `$body(args)` compiled for AVX-512 or AVX2+FMA when the CPU
+/// has them (so the compiler vectorises its loops and `mul_add` is one instruction), and as
+/// plain code elsewhere. Every variant evaluates the same scalar expressions, so the result
+/// does not depend on which one runs.
+macro_rules! vectorised {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:path) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: each variant runs only where the CPU reports its features.
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use vectorised;
