@@ -5,10 +5,20 @@
 //! `seq x seq` scores, masks them, runs a softmax in several passes and merges the heads (another
 //! copy); its backward does all of that again. Here each `(batch, head)` pair is one loop nest
 //! that reads the projection in place, computes only the causal half, and keeps the
-//! probabilities for the backward pass. Work is split across threads by batch row; the order of
-//! every sum is fixed, so results do not depend on the thread count.
+//! probabilities for the backward pass.
+//!
+//! Every product is a combination of rows (`math::combine`) that keeps up to 64 lanes in
+//! registers while it walks the reduction: scores are the query's combination of the transposed
+//! keys, outputs and gradients combinations of value, key or query rows. Operands are first
+//! copied into zero-padded scratch (keys and values transposed where the lanes run over
+//! positions), which makes any head width and sequence length take the same path.
+//!
+//! Work is split across threads by batch row. Every sum runs in a fixed order (sequential along
+//! its reduction, lane partials combined by a fixed tree), so results do not depend on the
+//! thread count or on the instruction set the code was compiled for.
 
-use crate::math::{exp, vectorised};
+use crate::gemm::Kernel;
+use crate::math::{combine, exp, vectorised, LANES};
 use rayon::prelude::*;
 
 /// Dimensions of an attention call: `width = heads * head_dim`.
@@ -82,27 +92,6 @@ pub fn causal_attention_apply(s: AttnShape, qkv: &[f32], probs: &[f32], y: &mut 
         .for_each(|((y, qkv), p)| dispatch_apply(s, qkv, p, y));
 }
 
-/// `y_i = sum_j p_ij v_j` for one batch row (vectorised over the head width by the compiler).
-#[inline(always)]
-fn apply_row(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
-    let (t, hd, c) = (s.seq, s.head_dim, s.width());
-    let stride = 3 * c;
-    for h in 0..s.heads {
-        let vo = 2 * c + h * hd;
-        let ph = &p[h * t * t..(h + 1) * t * t];
-        for i in 0..t {
-            let out = &mut y[i * c + h * hd..i * c + h * hd + hd];
-            out.fill(0.0);
-            for (j, &pj) in ph[i * t..i * t + i + 1].iter().enumerate() {
-                let v = &qkv[j * stride + vo..j * stride + vo + hd];
-                for (o, &vd) in out.iter_mut().zip(v) {
-                    *o = pj.mul_add(vd, *o);
-                }
-            }
-        }
-    }
-}
-
 /// Backward pass: `dqkv` receives the gradient of the projection given the output gradient
 /// `dy`, the projection and the probabilities of the forward pass.
 pub fn causal_attention_backward(
@@ -134,112 +123,165 @@ vectorised!(
         => backward_row
 );
 
-/// `dst[d * t + j] = src[j * stride + d]` for `j < t`, `d < hd`: one head's keys or values
-/// transposed, so score rows are sums of contiguous vectors.
+/// `n` rounded up to whole blocks of lanes.
+fn padded(n: usize) -> usize {
+    n.div_ceil(LANES) * LANES
+}
+
+/// Sum of `v` (a multiple of 8 long) as 8 running partial sums combined in a fixed order:
+/// `sum_j a_j` when `b` is `None`, else `sum_j a_j b_j`.
 #[inline(always)]
-fn transpose_head(src: &[f32], stride: usize, t: usize, hd: usize, dst: &mut [f32]) {
-    for j in 0..t {
-        for d in 0..hd {
-            dst[d * t + j] = src[j * stride + d];
+fn partial_sum(a: &[f32], b: Option<&[f32]>) -> f32 {
+    let mut part = [0f32; 8];
+    match b {
+        None => {
+            for ch in a.chunks_exact(8) {
+                for l in 0..8 {
+                    part[l] += ch[l];
+                }
+            }
         }
+        Some(b) => {
+            for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+                for l in 0..8 {
+                    part[l] = ca[l].mul_add(cb[l], part[l]);
+                }
+            }
+        }
+    }
+    ((part[0] + part[4]) + (part[2] + part[6])) + ((part[1] + part[5]) + (part[3] + part[7]))
+}
+
+/// `dst[d * ld + j] = src[j * stride + d]` for `j < t`, `d < hd`: one head's keys or values
+/// transposed (the padding of `dst` past `t` stays as it was: zero).
+#[inline(always)]
+fn transpose_head(src: &[f32], stride: usize, t: usize, hd: usize, dst: &mut [f32], ld: usize) {
+    for j in 0..t {
+        let row = &src[j * stride..j * stride + hd];
+        for (d, &v) in row.iter().enumerate() {
+            dst[d * ld + j] = v;
+        }
+    }
+}
+
+/// `dst[j * ld + d] = src[j * stride + d]`: one head's rows, padded to `ld` (zero past `hd`).
+#[inline(always)]
+fn copy_head(src: &[f32], stride: usize, t: usize, hd: usize, dst: &mut [f32], ld: usize) {
+    for j in 0..t {
+        dst[j * ld..j * ld + hd].copy_from_slice(&src[j * stride..j * stride + hd]);
     }
 }
 
 /// Probabilities of one batch row: `qkv` `[t, 3c]`, `p` `[heads, t, t]`.
 #[inline(always)]
 fn forward_row(s: AttnShape, qkv: &[f32], p: &mut [f32]) {
+    let kernel = Kernel::detect();
     let (t, hd, c) = (s.seq, s.head_dim, s.width());
-    let stride = 3 * c;
+    let (stride, tp) = (3 * c, padded(t));
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut kt = vec![0f32; hd * t];
+    let mut kt = vec![0f32; hd * tp];
+    let mut q = vec![0f32; hd];
+    let mut row = vec![0f32; tp];
     for h in 0..s.heads {
         let (qo, ko) = (h * hd, c + h * hd);
-        transpose_head(&qkv[ko..], stride, t, hd, &mut kt);
+        transpose_head(&qkv[ko..], stride, t, hd, &mut kt, tp);
         let ph = &mut p[h * t * t..(h + 1) * t * t];
         for i in 0..t {
-            let n = i + 1;
-            let row = &mut ph[i * t..(i + 1) * t];
-            row.fill(0.0);
-            let q = &qkv[i * stride + qo..i * stride + qo + hd];
-            let scores = &mut row[..n];
-            for (d, &qd) in q.iter().enumerate() {
-                let qd = qd * scale;
-                for (sc, &k) in scores.iter_mut().zip(&kt[d * t..d * t + n]) {
-                    *sc = qd.mul_add(k, *sc);
+            let (n, w) = (i + 1, padded(i + 1));
+            for (a, &v) in q.iter_mut().zip(&qkv[i * stride + qo..i * stride + qo + hd]) {
+                *a = v * scale;
+            }
+            // Scores of keys 0..w; those past the diagonal become exactly zero after `exp`.
+            combine(kernel, &q, &kt, tp, w, &mut row);
+            row[n..w].fill(f32::NEG_INFINITY);
+            let mut part = [f32::NEG_INFINITY; 8];
+            for ch in row[..w].chunks_exact(8) {
+                for l in 0..8 {
+                    part[l] = part[l].max(ch[l]);
                 }
             }
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for sc in scores.iter_mut() {
-                *sc = exp(*sc - max);
-                sum += *sc;
+            let max = part.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            for v in row[..n].iter_mut() {
+                *v = exp(*v - max);
             }
-            let inv = 1.0 / sum;
-            for sc in scores.iter_mut() {
-                *sc *= inv;
+            row[n..w].fill(0.0);
+            let inv = 1.0 / partial_sum(&row[..w], None);
+            let out = &mut ph[i * t..(i + 1) * t];
+            for (o, &e) in out[..n].iter_mut().zip(&row[..n]) {
+                *o = e * inv;
             }
+            out[n..].fill(0.0);
+        }
+    }
+}
+
+/// `y_i = sum_j p_ij v_j` for one batch row.
+#[inline(always)]
+fn apply_row(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
+    let kernel = Kernel::detect();
+    let (t, hd, c) = (s.seq, s.head_dim, s.width());
+    let (stride, hdp) = (3 * c, padded(hd));
+    let mut vp = vec![0f32; t * hdp];
+    let mut out = vec![0f32; hdp];
+    for h in 0..s.heads {
+        copy_head(&qkv[2 * c + h * hd..], stride, t, hd, &mut vp, hdp);
+        let ph = &p[h * t * t..(h + 1) * t * t];
+        for i in 0..t {
+            combine(kernel, &ph[i * t..i * t + i + 1], &vp, hdp, hdp, &mut out);
+            y[i * c + h * hd..i * c + (h + 1) * hd].copy_from_slice(&out[..hd]);
         }
     }
 }
 
 /// One batch row of the backward pass (shapes as in [`forward_row`], `dqkv` like `qkv`).
+///
+/// With `dP_ij = dy_i . v_j` and `dS_ij = scale p_ij (dP_ij - sum_j p_ij dP_ij)`:
+/// `dq_i = sum_j dS_ij k_j` row by row, then `dv_j = sum_i p_ij dy_i` and
+/// `dk_j = sum_i dS_ij q_i` from the transposed `P` and `dS`.
 #[inline(always)]
 fn backward_row(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: &mut [f32]) {
+    let kernel = Kernel::detect();
     let (t, hd, c) = (s.seq, s.head_dim, s.width());
-    let stride = 3 * c;
+    let (stride, tp, hdp) = (3 * c, padded(t), padded(hd));
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut vt = vec![0f32; hd * t];
-    let mut dq = vec![0f32; t * hd];
-    let mut dk = vec![0f32; t * hd];
-    let mut dv = vec![0f32; t * hd];
-    let mut dp = vec![0f32; t];
+    let mut vt = vec![0f32; hd * tp];
+    let mut qp = vec![0f32; t * hdp];
+    let mut kp = vec![0f32; t * hdp];
+    let mut dyp = vec![0f32; t * hdp];
+    let mut pt = vec![0f32; t * t];
+    let mut dst = vec![0f32; t * t];
+    let mut prow = vec![0f32; tp];
+    let mut dp = vec![0f32; tp];
+    let mut out = vec![0f32; hdp];
     for h in 0..s.heads {
         let (qo, ko, vo) = (h * hd, c + h * hd, 2 * c + h * hd);
-        transpose_head(&qkv[vo..], stride, t, hd, &mut vt);
-        dq.fill(0.0);
-        dk.fill(0.0);
-        dv.fill(0.0);
+        transpose_head(&qkv[vo..], stride, t, hd, &mut vt, tp);
+        copy_head(&qkv[qo..], stride, t, hd, &mut qp, hdp);
+        copy_head(&qkv[ko..], stride, t, hd, &mut kp, hdp);
+        copy_head(&dy[qo..], c, t, hd, &mut dyp, hdp);
         let ph = &p[h * t * t..(h + 1) * t * t];
         for i in 0..t {
-            let n = i + 1;
-            let pi = &ph[i * t..i * t + n];
-            let dyi = &dy[i * c + qo..i * c + qo + hd];
-            // dV_j += p_ij dy_i
-            for (j, &pij) in pi.iter().enumerate() {
-                for (a, &g) in dv[j * hd..(j + 1) * hd].iter_mut().zip(dyi) {
-                    *a = pij.mul_add(g, *a);
-                }
+            let (n, w) = (i + 1, padded(i + 1));
+            prow[..n].copy_from_slice(&ph[i * t..i * t + n]);
+            prow[n..w].fill(0.0);
+            combine(kernel, &dyp[i * hdp..i * hdp + hd], &vt, tp, w, &mut dp);
+            let dot = partial_sum(&prow[..w], Some(&dp[..w]));
+            for (d, &pj) in dp[..n].iter_mut().zip(&prow[..n]) {
+                *d = pj * (*d - dot) * scale;
             }
-            // dP_ij = dy_i . v_j
-            let dpi = &mut dp[..n];
-            dpi.fill(0.0);
-            for (d, &g) in dyi.iter().enumerate() {
-                for (a, &v) in dpi.iter_mut().zip(&vt[d * t..d * t + n]) {
-                    *a = g.mul_add(v, *a);
-                }
+            for (j, (&d, &pj)) in dp[..n].iter().zip(&prow[..n]).enumerate() {
+                dst[j * t + i] = d;
+                pt[j * t + i] = pj;
             }
-            // dS_ij = p_ij (dP_ij - sum_j p_ij dP_ij), times the score scale.
-            let dot = pi.iter().zip(dpi.iter()).fold(0f32, |acc, (&a, &b)| a.mul_add(b, acc));
-            for (a, &pij) in dpi.iter_mut().zip(pi) {
-                *a = pij * (*a - dot) * scale;
-            }
-            let q = &qkv[i * stride + qo..i * stride + qo + hd];
-            let dqi = &mut dq[i * hd..(i + 1) * hd];
-            for (j, &ds) in dpi.iter().enumerate() {
-                let k = &qkv[j * stride + ko..j * stride + ko + hd];
-                for (a, &kd) in dqi.iter_mut().zip(k) {
-                    *a = ds.mul_add(kd, *a);
-                }
-                for (a, &qd) in dk[j * hd..(j + 1) * hd].iter_mut().zip(q) {
-                    *a = ds.mul_add(qd, *a);
-                }
-            }
+            combine(kernel, &dp[..n], &kp, hdp, hdp, &mut out);
+            dqkv[i * stride + qo..i * stride + qo + hd].copy_from_slice(&out[..hd]);
         }
-        for i in 0..t {
-            let row = &mut dqkv[i * stride..(i + 1) * stride];
-            row[qo..qo + hd].copy_from_slice(&dq[i * hd..(i + 1) * hd]);
-            row[ko..ko + hd].copy_from_slice(&dk[i * hd..(i + 1) * hd]);
-            row[vo..vo + hd].copy_from_slice(&dv[i * hd..(i + 1) * hd]);
+        for j in 0..t {
+            let rows = j * hdp..;
+            combine(kernel, &pt[j * t + j..(j + 1) * t], &dyp[rows.clone()], hdp, hdp, &mut out);
+            dqkv[j * stride + vo..j * stride + vo + hd].copy_from_slice(&out[..hd]);
+            combine(kernel, &dst[j * t + j..(j + 1) * t], &qp[rows], hdp, hdp, &mut out);
+            dqkv[j * stride + ko..j * stride + ko + hd].copy_from_slice(&out[..hd]);
         }
     }
 }

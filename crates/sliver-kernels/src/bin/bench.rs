@@ -1,7 +1,9 @@
 //! `sliver-kernels-bench`: the packed GEMM against a naive triple loop on the matrix shapes of
 //! the nanoGPT benchmark's training step (768 tokens, width 128), single-threaded and on the
-//! rayon pool. Prints GFLOP/s per shape.
-use sliver_kernels::{gemm, MatRef};
+//! rayon pool. Prints GFLOP/s per shape, then the time of the step's other kernels (attention,
+//! GELU) per call.
+use sliver_kernels::attention::{self, AttnShape};
+use sliver_kernels::{gelu, gemm, MatRef};
 use std::time::Instant;
 
 fn main() {
@@ -39,6 +41,65 @@ fn main() {
                     flops / s / 1e9
                 );
             });
+        }
+    }
+    other_kernels();
+}
+
+/// Milliseconds per call of `f` on a pool of `threads`: the best of 20 rounds of 10 calls
+/// after a warm-up (the minimum filters out other load on a shared machine).
+fn time_ms(threads: usize, mut f: impl FnMut() + Send) -> f64 {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| {
+        for _ in 0..5 {
+            f();
+        }
+        (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..10 {
+                    f();
+                }
+                t.elapsed().as_secs_f64() * 1e3 / 10.0
+            })
+            .fold(f64::INFINITY, f64::min)
+    })
+}
+
+fn other_kernels() {
+    let s = AttnShape { batch: 12, seq: 64, heads: 4, head_dim: 32 };
+    let qkv: Vec<f32> = (0..s.qkv_len()).map(|i| ((i * 7) % 13) as f32 * 0.05 - 0.3).collect();
+    let dy: Vec<f32> = (0..s.out_len()).map(|i| ((i * 5) % 11) as f32 * 0.01 - 0.05).collect();
+    let mut probs = vec![0f32; s.probs_len()];
+    let mut y = vec![0f32; s.out_len()];
+    let mut dqkv = vec![0f32; s.qkv_len()];
+    let n = 768 * 512;
+    let x: Vec<f32> = (0..n).map(|i| ((i * 7) % 101) as f32 * 0.06 - 3.0).collect();
+    let g: Vec<f32> = (0..n).map(|i| ((i * 3) % 17) as f32 * 0.1 - 0.8).collect();
+    let mut out = vec![0f32; n];
+    let mut out2 = vec![0f32; n];
+    println!();
+    println!("| kernel (nanoGPT step shapes) | threads | ms per call |");
+    println!("|---|---|---|");
+    for threads in [1usize, 2] {
+        let rows: [(&str, f64); 4] = [
+            (
+                "attention forward 12x64, 4 heads of 32",
+                time_ms(threads, || {
+                    attention::causal_attention_forward(s, &qkv, &mut probs, &mut y)
+                }),
+            ),
+            (
+                "attention backward",
+                time_ms(threads, || {
+                    attention::causal_attention_backward(s, &qkv, &probs, &dy, &mut dqkv)
+                }),
+            ),
+            ("gelu forward 768x512", time_ms(threads, || gelu::gelu_forward(&x, &mut out))),
+            ("gelu backward 768x512", time_ms(threads, || gelu::gelu_backward(&x, &g, &mut out2))),
+        ];
+        for (what, ms) in rows {
+            println!("| {what} | {threads} | {ms:.3} |");
         }
     }
 }
