@@ -91,8 +91,13 @@ enum Command {
     Deregister,
 }
 
+/// Keeps freed tensor buffers for reuse across training steps (see `sliver_engine::alloc`).
+#[global_allocator]
+static GLOBAL: sliver_engine::alloc::TrainingAllocator = sliver_engine::alloc::TrainingAllocator;
+
 #[tokio::main]
 async fn main() {
+    sliver_engine::alloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

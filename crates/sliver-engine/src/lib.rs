@@ -18,6 +18,7 @@
 //!
 //! Design notes and measured results: `docs/engine.md`.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod codec;
 pub mod config;

@@ -1,10 +1,11 @@
 //! Packed f32 matrix product `C = A B` for the shapes of a small transformer's training step.
 //!
-//! The layout is the usual one of BLIS-style GEMMs: `B` is packed once into panels of [`NR`]
-//! columns (`k x NR`, row by row), `A` into panels of [`MR`] rows (`k x MR`, column by column),
-//! and a micro-kernel keeps an `MR x NR` tile of `C` in registers while it walks `k`. Packing
-//! reads any strides, so transposed operands (the backward pass's `Aᵀ dC` and `dC Bᵀ`) cost no
-//! copy beyond the packing itself. With more than one rayon thread, the rows of `C` are split
+//! A micro-kernel keeps an `MR x NR` tile of `C` in registers while it walks `k`, reading `A`
+//! through any strides (row-major activations and the transposed `Aᵀ` of a weight gradient
+//! alike) and `B` as panels of [`NR`] contiguous values per row. At the step's sizes (K of 128
+//! to 768) the operands stay in the L2 cache, so they are read in place: only a `B` whose
+//! columns are strided (a transposed weight in `dC Bᵀ`) is packed into panels, and partial
+//! edge panels are packed with zero padding. With more than one rayon thread, the rows of `C` are split
 //! between threads in whole panels; `k` is never split.
 //!
 //! **Determinism.** Each `C[i][j]` is computed as `acc = fma(A[i][p], B[p][j], acc)` for
@@ -111,6 +112,14 @@ impl<'a> MatRef<'a> {
         self.cols
     }
 
+    /// Pointer to element `(i, j)`, which must be inside the view.
+    fn ptr(&self, i: usize, j: usize) -> *const f32 {
+        assert!(i < self.rows && j < self.cols, "gemm: ({i}, {j}) outside the view");
+        let idx = self.offset as isize + i as isize * self.rs + j as isize * self.cs;
+        // SAFETY: `new` checked that every (i < rows, j < cols) index is inside `data`.
+        unsafe { self.data.as_ptr().offset(idx) }
+    }
+
     /// Element `(i, j)`; bounds were checked at construction.
     #[inline(always)]
     fn at(&self, i: usize, j: usize) -> f32 {
@@ -139,54 +148,108 @@ pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) -> Result<(), ShapeErro
     }
     let kernel = Kernel::detect();
     let np = n.div_ceil(NR);
-    with_scratch(&PACK_B, np * k * NR, |pb| {
-        for (j, panel) in pb.chunks_exact_mut(k * NR).enumerate() {
+    // B is read in place when its rows are contiguous; only a partial last panel (or every
+    // panel of a B with strided columns, such as a transposed weight) is packed.
+    let direct = b.cs == 1;
+    let packed = if direct { usize::from(n % NR != 0) } else { np };
+    with_scratch(&PACK_B, packed * k * NR, |pb| {
+        for (i, panel) in pb.chunks_exact_mut(k * NR).enumerate() {
+            let j = if direct { np - 1 } else { i };
             pack(&b.t(), j * NR, (n - j * NR).min(NR), NR, panel);
         }
-        let pb = &*pb;
+        let bs = BSource { b: &b, direct, packed: pb, np };
         let mp = m.div_ceil(MR);
         let threads = rayon::current_num_threads().min(mp);
         if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS {
             let panels_per = mp.div_ceil(threads);
             c.par_chunks_mut(panels_per * MR * n).enumerate().for_each(|(t, rows)| {
-                compute_rows(kernel, &a, pb, t * panels_per * MR, rows, n, k)
+                compute_rows(kernel, &a, &bs, t * panels_per * MR, rows, n, k)
             });
         } else {
-            compute_rows(kernel, &a, pb, 0, c, n, k);
+            compute_rows(kernel, &a, &bs, 0, c, n, k);
         }
     });
     Ok(())
 }
 
-/// Computes the rows `row0 ..` of `C` that `out` holds (whole panels except at the end).
+/// Where the column panels of `B` are: in `b` itself (`direct`, rows contiguous) except a
+/// partial last panel, which is `packed`; or all in `packed`.
+struct BSource<'a> {
+    b: &'a MatRef<'a>,
+    direct: bool,
+    packed: &'a [f32],
+    np: usize,
+}
+
+impl BSource<'_> {
+    /// Panel `j`: a pointer to its first row (`NR` contiguous values) and the row stride.
+    fn panel(&self, j: usize, k: usize) -> (*const f32, isize) {
+        if self.direct && (j + 1 < self.np || self.packed.is_empty()) {
+            (self.b.ptr(0, j * NR), self.b.rs)
+        } else {
+            let i = if self.direct { 0 } else { j };
+            (self.packed[i * k * NR..(i + 1) * k * NR].as_ptr(), NR as isize)
+        }
+    }
+}
+
+/// Computes the rows `row0 ..` of `C` that `out` holds (whole panels except at the end). Full
+/// row panels of `A` are read in place through its strides; a partial last one is packed.
 fn compute_rows(
     kernel: Kernel,
     a: &MatRef<'_>,
-    pb: &[f32],
+    bs: &BSource<'_>,
     row0: usize,
     out: &mut [f32],
     n: usize,
     k: usize,
 ) {
     let rows = out.len() / n;
-    let mp = rows.div_ceil(MR);
-    with_scratch(&PACK_A, mp * k * MR, |pa| {
-        for (i, panel) in pa.chunks_exact_mut(k * MR).enumerate() {
-            pack(a, row0 + i * MR, (rows - i * MR).min(MR), MR, panel);
+    let full = rows / MR;
+    let rest = rows - full * MR;
+    with_scratch(&PACK_A, if rest > 0 { k * MR } else { 0 }, |edge| {
+        if rest > 0 {
+            pack(a, row0 + full * MR, rest, MR, edge);
         }
-        tiles(kernel, pa, pb, out, n, k, rows)
+        for j in 0..n.div_ceil(NR) {
+            let nr = (n - j * NR).min(NR);
+            let (b, b_rs) = bs.panel(j, k);
+            for i in 0..rows.div_ceil(MR) {
+                let ops = if i < full {
+                    Tile { a: a.ptr(row0 + i * MR, 0), a_rs: a.rs, a_cs: a.cs, b, b_rs }
+                } else {
+                    Tile { a: edge.as_ptr(), a_rs: 1, a_cs: MR as isize, b, b_rs }
+                };
+                let mr = (rows - i * MR).min(MR);
+                // SAFETY: every A element (r < mr, p < k) and B row (p < k, NR values) of the
+                // tile is inside its slice: `MatRef::new` checked the views, the packed panels
+                // hold k x MR and k x NR values, and a direct B panel is a whole NR columns.
+                unsafe { kernel.run(k, ops, &mut out[i * MR * n + j * NR..], n, mr, nr) };
+            }
+        }
     })
 }
 
-/// Runs the micro-kernel over every tile of `out` from packed panels.
-fn tiles(kernel: Kernel, pa: &[f32], pb: &[f32], out: &mut [f32], n: usize, k: usize, rows: usize) {
-    for (j, bpanel) in pb.chunks_exact(k * NR).enumerate() {
-        let nr = (n - j * NR).min(NR);
-        for (i, apanel) in pa.chunks_exact(k * MR).enumerate() {
-            let mr = (rows - i * MR).min(MR);
-            let tile = &mut out[i * MR * n + j * NR..];
-            kernel.run(k, apanel, bpanel, tile, n, mr, nr);
-        }
+/// The operands of one tile: `A` element `(r, p)` at `a + r a_rs + p a_cs`, row `p` of the `B`
+/// panel (`NR` contiguous values) at `b + p b_rs`.
+#[derive(Clone, Copy)]
+struct Tile {
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+}
+
+impl Tile {
+    #[inline(always)]
+    unsafe fn a(&self, r: usize, p: usize) -> f32 {
+        *self.a.offset(r as isize * self.a_rs + p as isize * self.a_cs)
+    }
+
+    #[inline(always)]
+    unsafe fn b_row(&self, p: usize) -> *const f32 {
+        self.b.offset(p as isize * self.b_rs)
     }
 }
 
@@ -272,43 +335,27 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// One tile: `C[0..mr, 0..nr] = Apanel Bpanel`, `C` with row stride `ldc`.
+    /// One tile: `C[0..mr, 0..nr] = A B` over `k`, `C` with row stride `ldc`.
+    ///
+    /// # Safety
+    /// `t` must address `MR` rows by `k` columns of `A` (only the first `mr` rows when `mr` is
+    /// smaller, if the kernel is told so by a packed, zero-padded panel) and `k` rows of `NR`
+    /// values of `B`; `c` must hold `(mr - 1) ldc + nr` values.
     #[inline]
-    fn run(
-        self,
-        k: usize,
-        pa: &[f32],
-        pb: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-    ) {
-        debug_assert!(pa.len() >= k * MR && pb.len() >= k * NR);
-        debug_assert!(c.len() >= (mr - 1) * ldc + nr);
+    unsafe fn run(self, k: usize, t: Tile, c: &mut [f32], ldc: usize, mr: usize, nr: usize) {
+        assert!(c.len() >= (mr - 1) * ldc + nr, "gemm: tile outside the output");
         let mut tile = [[0f32; NR]; MR];
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => {
-                // SAFETY: selected only when the CPU reports AVX-512F; the panels hold k
-                // groups of MR (A) and NR (B) values, checked above.
-                unsafe {
-                    if mr == MR && nr == NR && c.len() >= (MR - 1) * ldc + NR {
-                        return x86::kernel_avx512(
-                            k,
-                            pa.as_ptr(),
-                            pb.as_ptr(),
-                            c.as_mut_ptr(),
-                            ldc,
-                        );
-                    }
-                    x86::kernel_avx512(k, pa.as_ptr(), pb.as_ptr(), tile.as_mut_ptr().cast(), NR);
+                if mr == MR && nr == NR && c.len() >= (MR - 1) * ldc + NR {
+                    return x86::kernel_avx512(k, t, c.as_mut_ptr(), ldc);
                 }
+                x86::kernel_avx512(k, t, tile.as_mut_ptr().cast(), NR);
             }
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: selected only when the CPU reports AVX2 and FMA.
-            Kernel::Avx2Fma => unsafe { x86::kernel_avx2(k, pa, pb, &mut tile) },
-            _ => portable_kernel(k, pa, pb, &mut tile),
+            Kernel::Avx2Fma => x86::kernel_avx2(k, t, &mut tile),
+            _ => portable_kernel(k, t, &mut tile),
         }
         for (r, row) in tile.iter().enumerate().take(mr) {
             c[r * ldc..r * ldc + nr].copy_from_slice(&row[..nr]);
@@ -317,14 +364,17 @@ impl Kernel {
 }
 
 /// The reference kernel: the same fused multiply-add chain as the vector kernels.
+///
+/// # Safety
+/// As [`Kernel::run`].
 #[inline(always)]
-fn portable_kernel(k: usize, pa: &[f32], pb: &[f32], acc: &mut [[f32; NR]; MR]) {
+unsafe fn portable_kernel(k: usize, t: Tile, acc: &mut [[f32; NR]; MR]) {
     for p in 0..k {
-        let a: &[f32; MR] = pa[p * MR..p * MR + MR].try_into().expect("panel length");
-        let b: &[f32; NR] = pb[p * NR..p * NR + NR].try_into().expect("panel length");
-        for r in 0..MR {
+        let b: &[f32; NR] = &*t.b_row(p).cast();
+        for (r, row) in acc.iter_mut().enumerate() {
+            let a = t.a(r, p);
             for j in 0..NR {
-                acc[r][j] = a[r].mul_add(b[j], acc[r][j]);
+                row[j] = a.mul_add(b[j], row[j]);
             }
         }
     }
@@ -332,31 +382,27 @@ fn portable_kernel(k: usize, pa: &[f32], pb: &[f32], acc: &mut [[f32; NR]; MR]) 
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MR, NR};
+    use super::{Tile, MR, NR};
     use std::arch::x86_64::*;
 
     /// The portable kernel compiled with AVX2 and FMA enabled.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn kernel_avx2(k: usize, pa: &[f32], pb: &[f32], acc: &mut [[f32; NR]; MR]) {
-        super::portable_kernel(k, pa, pb, acc)
+    pub(super) unsafe fn kernel_avx2(k: usize, t: Tile, acc: &mut [[f32; NR]; MR]) {
+        super::portable_kernel(k, t, acc)
     }
 
     /// `MR x NR` tile in 24 zmm accumulators; stores the full tile at `c` (row stride `ldc`).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel_avx512(
-        k: usize,
-        pa: *const f32,
-        pb: *const f32,
-        c: *mut f32,
-        ldc: usize,
-    ) {
+    pub(super) unsafe fn kernel_avx512(k: usize, t: Tile, c: *mut f32, ldc: usize) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let rows: [*const f32; MR] = std::array::from_fn(|r| t.a.offset(r as isize * t.a_rs));
         for p in 0..k {
-            let b0 = _mm512_loadu_ps(pb.add(p * NR));
-            let b1 = _mm512_loadu_ps(pb.add(p * NR + 16));
-            let ap = pa.add(p * MR);
+            let b = t.b_row(p);
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            let off = p as isize * t.a_cs;
             for (r, row) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*ap.add(r));
+                let a = _mm512_set1_ps(*rows[r].offset(off));
                 row[0] = _mm512_fmadd_ps(a, b0, row[0]);
                 row[1] = _mm512_fmadd_ps(a, b1, row[1]);
             }
@@ -462,14 +508,16 @@ mod tests {
         let bv = values(k * n, 6);
         let a = MatRef::row_major(&av, m, k).unwrap();
         let b = MatRef::row_major(&bv, k, n).unwrap();
-        let mut pa = vec![0f32; k * MR];
-        let mut pb = vec![0f32; k * NR];
-        pack(&a, 0, MR, MR, &mut pa);
-        pack(&b.t(), 0, NR, NR, &mut pb);
+        // A read in place (row stride k), B read in place (row stride n).
+        let t =
+            Tile { a: a.ptr(0, 0), a_rs: k as isize, a_cs: 1, b: b.ptr(0, 0), b_rs: n as isize };
         let mut detected = vec![0f32; MR * NR];
         let mut portable = vec![0f32; MR * NR];
-        Kernel::detect().run(k, &pa, &pb, &mut detected, NR, MR, NR);
-        Kernel::Portable.run(k, &pa, &pb, &mut portable, NR, MR, NR);
+        // SAFETY: the tile's 12 rows of A and 32 columns of B are inside the matrices.
+        unsafe {
+            Kernel::detect().run(k, t, &mut detected, NR, MR, NR);
+            Kernel::Portable.run(k, t, &mut portable, NR, MR, NR);
+        }
         assert_eq!(detected, portable, "kernel {:?}", Kernel::detect());
     }
 

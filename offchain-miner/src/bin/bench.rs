@@ -49,8 +49,13 @@ fn schedule() -> LrSchedule {
     LrSchedule { max_lr: 1e-3, min_lr: 1e-4, warmup_steps: 100, decay_steps: 2000 }
 }
 
+/// Keeps freed tensor buffers for reuse across training steps (see `sliver_engine::alloc`).
+#[global_allocator]
+static GLOBAL: sliver_engine::alloc::TrainingAllocator = sliver_engine::alloc::TrainingAllocator;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> anyhow::Result<()> {
+    sliver_engine::alloc::keep_freed_memory();
     let mut args = std::env::args().skip(1);
     let (mut data, mut secs) = (None, 20u64);
     while let Some(a) = args.next() {

@@ -23,24 +23,9 @@ fn main() {
         let (am, bm) = (MatRef::row_major(&a, m, k).unwrap(), MatRef::row_major(&b, k, n).unwrap());
         let mut c = vec![0f32; m * n];
         for threads in [1usize, 2] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                for _ in 0..5 {
-                    gemm(am, bm, &mut c).unwrap();
-                }
-                let iters = 200;
-                let t = Instant::now();
-                for _ in 0..iters {
-                    gemm(am, bm, &mut c).unwrap();
-                }
-                let s = t.elapsed().as_secs_f64() / iters as f64;
-                let flops = 2.0 * (m * k * n) as f64;
-                println!(
-                    "| {m}x{k}x{n} | {what} | {threads} | {:.3} | {:.1} |",
-                    s * 1e3,
-                    flops / s / 1e9
-                );
-            });
+            let ms = time_ms(threads, || gemm(am, bm, &mut c).unwrap());
+            let flops = 2.0 * (m * k * n) as f64;
+            println!("| {m}x{k}x{n} | {what} | {threads} | {ms:.3} | {:.1} |", flops / ms / 1e6);
         }
     }
     other_kernels();
