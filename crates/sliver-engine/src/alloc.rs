@@ -38,7 +38,7 @@ pub fn keep_freed_memory() {
 /// The purge delay mimalloc now uses, in milliseconds (-1: never).
 pub fn purge_delay_ms() -> i64 {
     // SAFETY: reads one integer option.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) })
+    unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }
 }
 
 #[cfg(test)]

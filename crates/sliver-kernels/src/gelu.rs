@@ -25,7 +25,7 @@ fn cdf_and_gauss(x: f32) -> (f32, f32) {
     let mut p = 0.170_872_77f32;
     p = p.mul_add(t, -0.822_152_23);
     p = p.mul_add(t, 1.488_515_9);
-    p = p.mul_add(t, -1.135_203_98);
+    p = p.mul_add(t, -1.135_204);
     p = p.mul_add(t, 0.278_868_07);
     p = p.mul_add(t, -0.186_288_06);
     p = p.mul_add(t, 0.096_784_18);
