@@ -16,7 +16,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
-use burn::backend::flex::FlexTensor;
+use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::DispatchDevice;
@@ -25,6 +25,33 @@ use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispa
 use burn::tensor::DType;
 use burn::tensor::{Device, Tensor};
 use sliver_kernels::MatRef;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Kinds of kernel whose wall time [`kernel_times`] reports.
+const KINDS: [&str; 3] = ["GEMM", "attention", "GELU"];
+const GEMM: usize = 0;
+const ATTENTION: usize = 1;
+const GELU: usize = 2;
+static KERNEL_NS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Runs `f`, adding its wall time to kernel kind `kind`.
+fn timed<R>(kind: usize, f: impl FnOnce() -> R) -> R {
+    let t = Instant::now();
+    let r = f();
+    KERNEL_NS[kind].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    r
+}
+
+/// Wall time spent in this module's CPU kernels (all threads of one call counted once) since
+/// the previous call, per kind, in seconds; resets the counters. For benchmarks' breakdowns.
+pub fn kernel_times() -> Vec<(&'static str, f64)> {
+    KINDS
+        .iter()
+        .zip(&KERNEL_NS)
+        .map(|(k, ns)| (*k, ns.swap(0, Ordering::Relaxed) as f64 * 1e-9))
+        .collect()
+}
 
 /// The engine's backend extension: operations with a fast CPU path and a custom backward pass.
 #[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"))]
@@ -95,7 +122,7 @@ impl SliverOps for Flex {
         let x = contiguous(x);
         let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
         let src = x.as_slice::<f32>().expect("contiguous f32");
-        sliver_kernels::gelu::gelu_forward(src, out.storage_mut::<f32>());
+        timed(GELU, || sliver_kernels::gelu::gelu_forward(src, out.storage_mut::<f32>()));
         out
     }
 
@@ -105,11 +132,13 @@ impl SliverOps for Flex {
         }
         let (x, grad) = (contiguous(x), contiguous(grad));
         let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-        sliver_kernels::gelu::gelu_backward(
-            x.as_slice::<f32>().expect("contiguous f32"),
-            grad.as_slice::<f32>().expect("contiguous f32"),
-            out.storage_mut::<f32>(),
-        );
+        timed(GELU, || {
+            sliver_kernels::gelu::gelu_backward(
+                x.as_slice::<f32>().expect("contiguous f32"),
+                grad.as_slice::<f32>().expect("contiguous f32"),
+                out.storage_mut::<f32>(),
+            )
+        });
         out
     }
 
@@ -122,11 +151,13 @@ impl SliverOps for Flex {
         let s = attn_shape(&qkv, heads);
         let qkv = contiguous(qkv);
         let mut probs = FlexTensor::empty([s.batch, s.heads, s.seq, s.seq].into(), DType::F32);
-        sliver_kernels::attention::causal_attention_probs(
-            s,
-            qkv.as_slice::<f32>().expect("contiguous f32"),
-            probs.storage_mut::<f32>(),
-        );
+        timed(ATTENTION, || {
+            sliver_kernels::attention::causal_attention_probs(
+                s,
+                qkv.as_slice::<f32>().expect("contiguous f32"),
+                probs.storage_mut::<f32>(),
+            )
+        });
         probs
     }
 
@@ -138,12 +169,14 @@ impl SliverOps for Flex {
         let s = attn_shape(&qkv, heads);
         let (qkv, probs) = (contiguous(qkv), contiguous(probs));
         let mut y = FlexTensor::empty([s.batch, s.seq, s.heads * s.head_dim].into(), DType::F32);
-        sliver_kernels::attention::causal_attention_apply(
-            s,
-            qkv.as_slice::<f32>().expect("contiguous f32"),
-            probs.as_slice::<f32>().expect("contiguous f32"),
-            y.storage_mut::<f32>(),
-        );
+        timed(ATTENTION, || {
+            sliver_kernels::attention::causal_attention_apply(
+                s,
+                qkv.as_slice::<f32>().expect("contiguous f32"),
+                probs.as_slice::<f32>().expect("contiguous f32"),
+                y.storage_mut::<f32>(),
+            )
+        });
         y
     }
 
@@ -156,13 +189,15 @@ impl SliverOps for Flex {
         let s = attn_shape(&qkv, heads);
         let (qkv, probs, dy) = (contiguous(qkv), contiguous(probs), contiguous(dy));
         let mut dqkv = FlexTensor::empty(qkv.layout().shape().clone(), DType::F32);
-        sliver_kernels::attention::causal_attention_backward(
-            s,
-            qkv.as_slice::<f32>().expect("contiguous f32"),
-            probs.as_slice::<f32>().expect("contiguous f32"),
-            dy.as_slice::<f32>().expect("contiguous f32"),
-            dqkv.storage_mut::<f32>(),
-        );
+        timed(ATTENTION, || {
+            sliver_kernels::attention::causal_attention_backward(
+                s,
+                qkv.as_slice::<f32>().expect("contiguous f32"),
+                probs.as_slice::<f32>().expect("contiguous f32"),
+                dy.as_slice::<f32>().expect("contiguous f32"),
+                dqkv.storage_mut::<f32>(),
+            )
+        });
         dqkv
     }
 }
@@ -219,9 +254,17 @@ fn flex_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
     if a.cols() != b.rows() {
         return None;
     }
-    let mut out = FlexTensor::empty([a.rows(), b.cols()].into(), DType::F32);
-    sliver_kernels::gemm(a, b, out.storage_mut::<f32>()).ok()?;
-    Some(out)
+    let (m, n) = (a.rows(), b.cols());
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    timed(GEMM, || sliver_kernels::gemm_uninit(a, b, &mut out.spare_capacity_mut()[..m * n]))
+        .ok()?;
+    // SAFETY: `gemm_uninit` returned Ok, so it wrote all m x n values.
+    unsafe { out.set_len(m * n) };
+    Some(FlexTensor::new(
+        burn::tensor::Bytes::from_elems(out),
+        Layout::contiguous([m, n].into()),
+        DType::F32,
+    ))
 }
 
 impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {

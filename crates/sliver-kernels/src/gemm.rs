@@ -14,6 +14,7 @@
 //! machine whose `fma` is IEEE's (all of them: it is exactly rounded by definition).
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows of `C` a micro-kernel computes at once.
 pub const MR: usize = 12;
@@ -132,6 +133,19 @@ impl<'a> MatRef<'a> {
 /// `C = A B`, with `C` dense row-major `a.rows() x b.cols()`. Errors when the inner dimensions
 /// differ or `c` has the wrong length.
 pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) -> Result<(), ShapeError> {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and `gemm_uninit` only writes
+    // (initialised) values.
+    let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    gemm_uninit(a, b, c)
+}
+
+/// [`gemm`] into memory that need not be initialised: every element of `c` is written (and
+/// none read) when it returns `Ok`, so a fresh output buffer needs no zero-filling first.
+pub fn gemm_uninit(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: &mut [MaybeUninit<f32>],
+) -> Result<(), ShapeError> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k {
         return Err(ShapeError(format!("inner dimensions differ: {m}x{k} times {}x{n}", b.rows)));
@@ -143,7 +157,7 @@ pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32]) -> Result<(), ShapeErro
         return Ok(());
     }
     if k == 0 {
-        c.fill(0.0);
+        c.fill(MaybeUninit::new(0.0));
         return Ok(());
     }
     let kernel = Kernel::detect();
@@ -200,7 +214,7 @@ fn compute_rows(
     a: &MatRef<'_>,
     bs: &BSource<'_>,
     row0: usize,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     n: usize,
     k: usize,
 ) {
@@ -342,14 +356,22 @@ impl Kernel {
     /// smaller, if the kernel is told so by a packed, zero-padded panel) and `k` rows of `NR`
     /// values of `B`; `c` must hold `(mr - 1) ldc + nr` values.
     #[inline]
-    unsafe fn run(self, k: usize, t: Tile, c: &mut [f32], ldc: usize, mr: usize, nr: usize) {
+    unsafe fn run(
+        self,
+        k: usize,
+        t: Tile,
+        c: &mut [MaybeUninit<f32>],
+        ldc: usize,
+        mr: usize,
+        nr: usize,
+    ) {
         assert!(c.len() >= (mr - 1) * ldc + nr, "gemm: tile outside the output");
         let mut tile = [[0f32; NR]; MR];
         match self {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => {
                 if mr == MR && nr == NR && c.len() >= (MR - 1) * ldc + NR {
-                    return x86::kernel_avx512(k, t, c.as_mut_ptr(), ldc);
+                    return x86::kernel_avx512(k, t, c.as_mut_ptr().cast(), ldc);
                 }
                 x86::kernel_avx512(k, t, tile.as_mut_ptr().cast(), NR);
             }
@@ -358,7 +380,9 @@ impl Kernel {
             _ => portable_kernel(k, t, &mut tile),
         }
         for (r, row) in tile.iter().enumerate().take(mr) {
-            c[r * ldc..r * ldc + nr].copy_from_slice(&row[..nr]);
+            for (o, &v) in c[r * ldc..r * ldc + nr].iter_mut().zip(&row[..nr]) {
+                o.write(v);
+            }
         }
     }
 }
@@ -511,13 +535,15 @@ mod tests {
         // A read in place (row stride k), B read in place (row stride n).
         let t =
             Tile { a: a.ptr(0, 0), a_rs: k as isize, a_cs: 1, b: b.ptr(0, 0), b_rs: n as isize };
-        let mut detected = vec![0f32; MR * NR];
-        let mut portable = vec![0f32; MR * NR];
+        let mut detected = vec![MaybeUninit::new(0f32); MR * NR];
+        let mut portable = vec![MaybeUninit::new(0f32); MR * NR];
         // SAFETY: the tile's 12 rows of A and 32 columns of B are inside the matrices.
-        unsafe {
+        let (detected, portable) = unsafe {
             Kernel::detect().run(k, t, &mut detected, NR, MR, NR);
             Kernel::Portable.run(k, t, &mut portable, NR, MR, NR);
-        }
+            let read = |v: Vec<MaybeUninit<f32>>| v.iter().map(|x| x.assume_init()).collect();
+            (read(detected), read(portable)) as (Vec<f32>, Vec<f32>)
+        };
         assert_eq!(detected, portable, "kernel {:?}", Kernel::detect());
     }
 

@@ -21,4 +21,4 @@ pub mod gelu;
 pub mod gemm;
 mod math;
 
-pub use gemm::{gemm, MatRef, ShapeError};
+pub use gemm::{gemm, gemm_uninit, MatRef, ShapeError};

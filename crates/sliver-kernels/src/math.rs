@@ -8,9 +8,9 @@ pub(crate) fn exp(x0: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
     let x = x0.clamp(-87.0, 88.0); // NaN stays NaN
-    // `k`'s low mantissa bits hold the integer `n` (two's complement): the scale 2^n is built
-    // from them with integer operations, which vectorise (a float-to-int cast does not: Rust's
-    // saturating `as i32` is scalarised).
+                                   // `k`'s low mantissa bits hold the integer `n` (two's complement): the scale 2^n is built
+                                   // from them with integer operations, which vectorise (a float-to-int cast does not: Rust's
+                                   // saturating `as i32` is scalarised).
     let k = x * LOG2E + ROUND;
     let n = k - ROUND;
     let r = n.mul_add(-LN2_HI, x);
@@ -190,7 +190,11 @@ mod tests {
     #[test]
     fn combine_is_the_same_bits_on_every_path_and_matches_f64() {
         let vals = |n: usize, seed: u32| -> Vec<f32> {
-            (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+            (0..n)
+                .map(|i| {
+                    (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0
+                })
+                .collect()
         };
         for (rows, width, ld) in [(1, 16, 16), (7, 48, 64), (33, 80, 96), (64, 32, 32), (0, 16, 16)]
         {

@@ -161,6 +161,28 @@ fn real_main() -> Result<(), EngineError> {
             Ok(())
         }
         Cmd::Bench { which, run, python, threads, speed_steps, budget } => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| EngineError::Config(format!("thread pool: {e}")))?;
+            if std::env::var_os("SLIVER_NO_INSTALL").is_some() {
+                return bench(which, run, python, threads, speed_steps, budget);
+            }
+            pool.install(|| bench(which, run, python, threads, speed_steps, budget))
+        }
+    }
+}
+
+fn bench(
+    which: String,
+    run: RunArgs,
+    python: Option<PathBuf>,
+    threads: usize,
+    speed_steps: u64,
+    budget: u64,
+) -> Result<(), EngineError> {
+    {
+        {
             let data = load(&run.data)?;
             let all = which == "all";
             let mut ran = false;
@@ -330,11 +352,13 @@ fn bench_speed(
     for it in 0..5 {
         p.train_step(&step_batches(run, data, 0, it)?, 1e-3, 1.0)?;
     }
+    let _ = sliver_engine::fast::kernel_times();
     let t0 = Instant::now();
     for it in 0..steps {
         p.train_step(&step_batches(run, data, 0, it)?, 1e-3, 1.0)?;
     }
     let burn_ms = t0.elapsed().as_secs_f64() * 1000.0 / steps as f64;
+    let kernels = sliver_engine::fast::kernel_times();
     let tokens = (run.batch * 64) as f64;
     println!("| implementation | ms/step | tokens/s | time ratio vs PyTorch |");
     println!("|---|---|---|---|");
@@ -373,6 +397,16 @@ fn bench_speed(
             println!("(PyTorch side skipped: {e})");
         }
     }
+    let per_step = |secs: f64| secs * 1000.0 / steps as f64;
+    let in_kernels: f64 = kernels.iter().map(|(_, s)| per_step(*s)).sum();
+    let parts: Vec<String> =
+        kernels.iter().map(|(k, s)| format!("{k} {:.1} ms", per_step(*s))).collect();
+    println!(
+        "\nBurn step breakdown (wall time per step): {}; everything else (Burn's own ops, \
+         autodiff, optimiser) {:.1} ms.",
+        parts.join(", "),
+        burn_ms - in_kernels
+    );
     Ok(())
 }
 
