@@ -5,8 +5,8 @@
 //! the step's shapes), a one-pass exact GELU and a causal attention that reads the fused QKV
 //! projection in place. Under autodiff they record their own backward passes, which call the
 //! same kernels. On other backends (wgpu, CUDA) `matmul` and `gelu` fall back to Burn's standard
-//! operations; attention has no fallback here, so the model asks [`attention_supported`] and
-//! uses Burn's attention module where it says no.
+//! operations; attention and layer norm have no fallback here, so the model asks
+//! [`fused_supported`] and uses Burn's own modules where it says no.
 //!
 //! The kernels are deterministic: the same inputs give the same bits for any thread count, and
 //! on any CPU (see `sliver_kernels::gemm`), which audit replay relies on.
@@ -29,11 +29,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Kinds of kernel whose wall time [`kernel_times`] reports.
-const KINDS: [&str; 3] = ["GEMM", "attention", "GELU"];
+const KINDS: [&str; 4] = ["GEMM", "attention", "GELU", "layer norm"];
 const GEMM: usize = 0;
 const ATTENTION: usize = 1;
 const GELU: usize = 2;
-static KERNEL_NS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+const LAYER_NORM: usize = 3;
+static KERNEL_NS: [AtomicU64; 4] =
+    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
 /// Runs `f`, adding its wall time to kernel kind `kind`.
 fn timed<R>(kind: usize, f: impl FnOnce() -> R) -> R {
@@ -71,18 +73,46 @@ pub trait SliverOps: Backend {
         Self::gelu_backward(x, grad)
     }
 
+    /// Layer normalisation over the last dimension, no bias: `(x - mean) / sqrt(var + eps) w`.
+    /// Only `flex` has it (see [`fused_supported`]).
+    fn sliver_layer_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        let _ = (x, w, eps);
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
+    }
+
+    /// The input gradient of [`SliverOps::sliver_layer_norm`] given the output's, `dy`.
+    fn sliver_layer_norm_grad_input(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let _ = (x, w, dy, eps);
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
+    }
+
+    /// The weight gradient of [`SliverOps::sliver_layer_norm`] given the output's, `dy`.
+    fn sliver_layer_norm_grad_weight(
+        x: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let _ = (x, dy, eps);
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
+    }
+
     /// Causal self-attention from the fused projection `[batch, seq, 3 width]` to the
     /// head-merged output `[batch, seq, width]`. Only `flex` has it: callers check
-    /// [`attention_supported`] and take Burn's attention elsewhere.
+    /// [`fused_supported`] and take Burn's attention elsewhere.
     fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         let _ = (qkv, heads);
-        unimplemented!("sliver_attention has no kernel on this backend: check attention_supported")
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
     }
 
     /// The probabilities `[batch, heads, seq, seq]` of [`SliverOps::sliver_attention`].
     fn sliver_attention_probs(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         let _ = (qkv, heads);
-        unimplemented!("sliver_attention has no kernel on this backend: check attention_supported")
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
     }
 
     /// The output `probs v` of [`SliverOps::sliver_attention`].
@@ -92,7 +122,7 @@ pub trait SliverOps: Backend {
         heads: usize,
     ) -> FloatTensor<Self> {
         let _ = (qkv, probs, heads);
-        unimplemented!("sliver_attention has no kernel on this backend: check attention_supported")
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
     }
 
     /// The projection's gradient given the output's, `dy`.
@@ -103,7 +133,7 @@ pub trait SliverOps: Backend {
         heads: usize,
     ) -> FloatTensor<Self> {
         let _ = (qkv, probs, dy, heads);
-        unimplemented!("sliver_attention has no kernel on this backend: check attention_supported")
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
     }
 }
 
@@ -140,6 +170,60 @@ impl SliverOps for Flex {
             )
         });
         out
+    }
+
+    fn sliver_layer_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        let (x, w) = (contiguous(x), contiguous(w));
+        let mut y = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+        timed(LAYER_NORM, || {
+            sliver_kernels::layernorm::layer_norm_forward(
+                f32s(&x, "layer norm input"),
+                f32s(&w, "layer norm weight"),
+                eps,
+                y.storage_mut::<f32>(),
+            )
+        });
+        y
+    }
+
+    fn sliver_layer_norm_grad_input(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let (x, w, dy) = (contiguous(x), contiguous(w), contiguous(dy));
+        let mut dx = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+        timed(LAYER_NORM, || {
+            sliver_kernels::layernorm::layer_norm_grad_input(
+                f32s(&x, "layer norm input"),
+                f32s(&w, "layer norm weight"),
+                f32s(&dy, "layer norm gradient"),
+                eps,
+                dx.storage_mut::<f32>(),
+            )
+        });
+        dx
+    }
+
+    fn sliver_layer_norm_grad_weight(
+        x: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let (x, dy) = (contiguous(x), contiguous(dy));
+        let dims = x.layout().shape();
+        let d = dims[dims.num_dims() - 1];
+        let mut dw = FlexTensor::empty([d].into(), DType::F32);
+        timed(LAYER_NORM, || {
+            sliver_kernels::layernorm::layer_norm_grad_weight(
+                f32s(&x, "layer norm input"),
+                f32s(&dy, "layer norm gradient"),
+                eps,
+                dw.storage_mut::<f32>(),
+            )
+        });
+        dw
     }
 
     fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
@@ -221,6 +305,13 @@ fn attn_shape(qkv: &FlexTensor, heads: usize) -> sliver_kernels::attention::Attn
         heads,
         head_dim: dims[2] / (3 * heads),
     }
+}
+
+/// The elements of a dense f32 tensor; the model only passes f32 here, so another dtype is a
+/// bug and panics with `what`.
+fn f32s<'a>(t: &'a FlexTensor, what: &str) -> &'a [f32] {
+    assert_eq!(t.dtype(), DType::F32, "{what}: the CPU kernels take f32");
+    t.as_slice::<f32>().expect("dense after contiguous()")
 }
 
 /// `t` itself when its elements are one dense run in order, else a dense copy.
@@ -356,6 +447,71 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
         ))
     }
 
+    fn sliver_layer_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNormBackward;
+
+        impl<B: SliverOps> Backward<B, 2> for LayerNormBackward {
+            type State = (NodeId, NodeId, f32);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let (x, w, eps) = ops.state;
+                let x: B::FloatTensorPrimitive = checkpointer.retrieve_node_output(x);
+                let w: B::FloatTensorPrimitive = checkpointer.retrieve_node_output(w);
+                let dy = grads.consume::<B>(&ops.node);
+                let [x_node, w_node] = ops.parents;
+                if let Some(node) = w_node {
+                    let dw = B::sliver_layer_norm_grad_weight(x.clone(), dy.clone(), eps);
+                    grads.register::<B>(node.id, dw);
+                }
+                if let Some(node) = x_node {
+                    grads.register::<B>(node.id, B::sliver_layer_norm_grad_input(x, w, dy, eps));
+                }
+            }
+        }
+
+        match LayerNormBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&w), eps);
+                prep.finish(state, B::sliver_layer_norm(x.into_primitive(), w.into_primitive(), eps))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::sliver_layer_norm(x.into_primitive(), w.into_primitive(), eps))
+            }
+        }
+    }
+
+    fn sliver_layer_norm_grad_input(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::sliver_layer_norm_grad_input(
+            x.into_primitive(),
+            w.into_primitive(),
+            dy.into_primitive(),
+            eps,
+        ))
+    }
+
+    fn sliver_layer_norm_grad_weight(
+        x: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::sliver_layer_norm_grad_weight(
+            x.into_primitive(),
+            dy.into_primitive(),
+            eps,
+        ))
+    }
+
     fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AttentionBackward;
@@ -425,17 +581,27 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
     }
 }
 
-/// Whether [`causal_attention`] has a kernel on `device` (the `flex` CPU backend, with or
-/// without autodiff).
-pub fn attention_supported(device: &Device) -> bool {
+/// Whether [`causal_attention`] and [`layer_norm`] have kernels on `device` (the `flex` CPU
+/// backend, with or without autodiff); elsewhere the model uses Burn's own operations.
+pub fn fused_supported(device: &Device) -> bool {
     matches!(device.as_dispatch().clone().inner(), DispatchDevice::Flex(_))
 }
 
 /// Causal multi-head self-attention of the fused projection `qkv` `[batch, seq, 3 width]`,
 /// split into `heads`: the head-merged output `[batch, seq, width]`. Only where
-/// [`attention_supported`] says so.
+/// [`fused_supported`] says so.
 pub fn causal_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     Tensor::from_dispatch(<Dispatch as SliverOps>::sliver_attention(qkv.into_dispatch(), heads))
+}
+
+/// Layer normalisation of `x` over its last dimension with weight `w` and no bias. Only where
+/// [`fused_supported`] says so.
+pub fn layer_norm<const D: usize>(x: Tensor<D>, w: Tensor<1>, eps: f32) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as SliverOps>::sliver_layer_norm(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        eps,
+    ))
 }
 
 /// The exact GELU of `x`, element-wise, through the fast path where there is one.
@@ -505,7 +671,7 @@ mod tests {
         use burn::tensor::module::attention;
         use burn::tensor::ops::AttentionModuleOptions;
         let dev = Device::flex().autodiff();
-        assert!(attention_supported(&dev) && attention_supported(&Device::flex()));
+        assert!(fused_supported(&dev) && fused_supported(&Device::flex()));
         let (b, t, h, hd) = (3, 11, 2, 6);
         let d = h * hd;
         let qkv0 = Tensor::<3>::random([b, t, 3 * d], Distribution::Normal(0.0, 1.0), &dev);
@@ -532,6 +698,31 @@ mod tests {
         let tol = Tolerance::<f32>::absolute(1e-5);
         y1.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
         g1.into_data().assert_approx_eq::<f32>(&g2.into_data(), tol);
+    }
+
+    #[test]
+    fn layer_norm_and_its_gradients_match_burn() {
+        let dev = Device::flex().autodiff();
+        let x0 = Tensor::<3>::random([3, 7, 20], Distribution::Normal(0.5, 2.0), &dev);
+        let w0 = Tensor::<1>::random([20], Distribution::Normal(1.0, 0.3), &dev);
+        let g = Tensor::<3>::random([3, 7, 20], Distribution::Default, &dev).detach();
+        let run = |fast: bool| {
+            let x = x0.clone().detach().require_grad();
+            let w = w0.clone().detach().require_grad();
+            let y = if fast {
+                layer_norm(x.clone(), w.clone(), 1e-5)
+            } else {
+                burn::tensor::module::layer_norm(x.clone(), w.clone(), None, 1e-5)
+            };
+            let grads = (y.clone() * g.clone()).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap(), w.grad(&grads).unwrap())
+        };
+        let (y1, gx1, gw1) = run(true);
+        let (y2, gx2, gw2) = run(false);
+        let tol = Tolerance::<f32>::absolute(2e-5);
+        y1.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
+        gx1.into_data().assert_approx_eq::<f32>(&gx2.into_data(), tol);
+        gw1.into_data().assert_approx_eq::<f32>(&gw2.into_data(), tol);
     }
 
     #[test]

@@ -171,6 +171,9 @@ impl Dense {
     }
 }
 
+/// Epsilon of every layer norm (GPT-2's).
+const EPS: f32 = 1e-5;
+
 /// Layer normalisation over the last dimension (weight, optional bias; epsilon 1e-5).
 #[derive(Module, Debug)]
 pub struct Norm {
@@ -190,7 +193,14 @@ impl Norm {
 
     /// Normalises `[batch, seq, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        layer_norm(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), 1e-5)
+        if crate::fast::fused_supported(&x.device()) {
+            let y = crate::fast::layer_norm(x, self.weight.val(), EPS);
+            return match &self.bias {
+                Some(b) => y + b.val().unsqueeze::<3>(),
+                None => y,
+            };
+        }
+        layer_norm(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()), EPS as f64)
     }
 
     fn params<'a>(&'a mut self, name: &str, out: &mut Vec<(String, ParamRef<'a>)>) {
@@ -219,7 +229,7 @@ impl Attention {
         let h = self.n_head;
         let hd = d / h;
         let qkv = self.c_attn.forward(x);
-        if crate::fast::attention_supported(&qkv.device()) {
+        if crate::fast::fused_supported(&qkv.device()) {
             return self.c_proj.forward(crate::fast::causal_attention(qkv, h));
         }
         let heads =

@@ -19,6 +19,7 @@
 pub mod attention;
 pub mod gelu;
 pub mod gemm;
+pub mod layernorm;
 mod math;
 
 pub use gemm::{gemm, gemm_uninit, MatRef, ShapeError};
