@@ -24,18 +24,20 @@ use burn::backend::TensorMetadata;
 use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
 use burn::tensor::DType;
 use burn::tensor::{Device, Tensor};
+use sliver_kernels::adamw::AdamWInputs;
+pub use sliver_kernels::adamw::AdamWStep;
 use sliver_kernels::MatRef;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Kinds of kernel whose wall time [`kernel_times`] reports.
-const KINDS: [&str; 4] = ["GEMM", "attention", "GELU", "layer norm"];
+const KINDS: [&str; 5] = ["GEMM", "attention", "GELU", "layer norm", "AdamW"];
 const GEMM: usize = 0;
 const ATTENTION: usize = 1;
 const GELU: usize = 2;
 const LAYER_NORM: usize = 3;
-static KERNEL_NS: [AtomicU64; 4] =
-    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+const OPTIMISER: usize = 4;
+static KERNEL_NS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
 /// Runs `f`, adding its wall time to kernel kind `kind`.
 fn timed<R>(kind: usize, f: impl FnOnce() -> R) -> R {
@@ -75,7 +77,11 @@ pub trait SliverOps: Backend {
 
     /// Layer normalisation over the last dimension, no bias: `(x - mean) / sqrt(var + eps) w`.
     /// Only `flex` has it (see [`fused_supported`]).
-    fn sliver_layer_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn sliver_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
         let _ = (x, w, eps);
         unimplemented!("no CPU kernel on this backend: check fused_supported")
     }
@@ -98,6 +104,20 @@ pub trait SliverOps: Backend {
         eps: f32,
     ) -> FloatTensor<Self> {
         let _ = (x, dy, eps);
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
+    }
+
+    /// One AdamW update of a flat parameter `p` with gradient `g` and moments `m`, `v`: the
+    /// updated `[p, m, v]` as the rows of a `[3, n]` tensor. Only `flex` has it (see
+    /// [`fused_supported`]).
+    fn sliver_adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> FloatTensor<Self> {
+        let _ = (p, g, m, v, step);
         unimplemented!("no CPU kernel on this backend: check fused_supported")
     }
 
@@ -172,7 +192,11 @@ impl SliverOps for Flex {
         out
     }
 
-    fn sliver_layer_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn sliver_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
         let (x, w) = (contiguous(x), contiguous(w));
         let mut y = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
         timed(LAYER_NORM, || {
@@ -224,6 +248,28 @@ impl SliverOps for Flex {
             )
         });
         dw
+    }
+
+    fn sliver_adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> FloatTensor<Self> {
+        let (p, g, m, v) = (contiguous(p), contiguous(g), contiguous(m), contiguous(v));
+        let n = p.layout().shape().num_elements();
+        let mut out = FlexTensor::empty([3, n].into(), DType::F32);
+        let inputs = AdamWInputs {
+            p: f32s(&p, "adamw parameter"),
+            g: f32s(&g, "adamw gradient"),
+            m: f32s(&m, "adamw first moment"),
+            v: f32s(&v, "adamw second moment"),
+        };
+        timed(OPTIMISER, || {
+            sliver_kernels::adamw::adamw_step(step, inputs, out.storage_mut::<f32>())
+        });
+        out
     }
 
     fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
@@ -447,7 +493,11 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
         ))
     }
 
-    fn sliver_layer_norm(x: FloatTensor<Self>, w: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+    fn sliver_layer_norm(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct LayerNormBackward;
 
@@ -478,7 +528,10 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
         match LayerNormBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&w), eps);
-                prep.finish(state, B::sliver_layer_norm(x.into_primitive(), w.into_primitive(), eps))
+                prep.finish(
+                    state,
+                    B::sliver_layer_norm(x.into_primitive(), w.into_primitive(), eps),
+                )
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::sliver_layer_norm(x.into_primitive(), w.into_primitive(), eps))
@@ -509,6 +562,23 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
             x.into_primitive(),
             dy.into_primitive(),
             eps,
+        ))
+    }
+
+    fn sliver_adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> FloatTensor<Self> {
+        // Optimiser state is never differentiated.
+        <Self as AutodiffBackend>::from_inner(B::sliver_adamw(
+            p.into_primitive(),
+            g.into_primitive(),
+            m.into_primitive(),
+            v.into_primitive(),
+            step,
         ))
     }
 
@@ -602,6 +672,27 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, w: Tensor<1>, eps: f32) -> Tenso
         w.into_dispatch(),
         eps,
     ))
+}
+
+/// One fused AdamW update (see [`SliverOps::sliver_adamw`]): returns `(p, m, v)` updated. Only
+/// where [`fused_supported`] says so.
+pub fn adamw(
+    p: Tensor<1>,
+    g: Tensor<1>,
+    m: Tensor<1>,
+    v: Tensor<1>,
+    step: AdamWStep,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let n = p.dims()[0];
+    let out: Tensor<2> = Tensor::from_dispatch(<Dispatch as SliverOps>::sliver_adamw(
+        p.into_dispatch(),
+        g.into_dispatch(),
+        m.into_dispatch(),
+        v.into_dispatch(),
+        step,
+    ));
+    let row = |i| out.clone().narrow(0, i, 1).reshape([n]);
+    (row(0), row(1), row(2))
 }
 
 /// The exact GELU of `x`, element-wise, through the fast path where there is one.
@@ -723,6 +814,41 @@ mod tests {
         y1.into_data().assert_approx_eq::<f32>(&y2.into_data(), tol);
         gx1.into_data().assert_approx_eq::<f32>(&gx2.into_data(), tol);
         gw1.into_data().assert_approx_eq::<f32>(&gw2.into_data(), tol);
+    }
+
+    #[test]
+    fn fused_adamw_matches_the_tensor_expressions() {
+        let dev = Device::flex();
+        let r = |n: usize, lo: f64, hi: f64| {
+            Tensor::<1>::random([n], Distribution::Uniform(lo, hi), &dev)
+        };
+        let n = 40_000; // several parallel chunks
+        let (p, g, m, v) = (r(n, -1.0, 1.0), r(n, -3.0, 3.0), r(n, -0.1, 0.1), r(n, 0.0, 0.01));
+        for (grad_scale, decay) in [(1.0f64, 1.0f64), (0.37, 1.0 - 1e-3 * 0.1)] {
+            let (b1, b2, eps, bc2, lr_t) = (0.9f64, 0.99f64, 1e-8f64, 0.3f64, 2e-3f64);
+            let step = AdamWStep {
+                grad_scale: grad_scale as f32,
+                beta1: b1 as f32,
+                one_minus_beta1: (1.0 - b1) as f32,
+                beta2: b2 as f32,
+                one_minus_beta2: (1.0 - b2) as f32,
+                decay: decay as f32,
+                bias_correction2_sqrt: bc2 as f32,
+                eps: eps as f32,
+                step_size: lr_t as f32,
+            };
+            let (p1, m1, v1) = adamw(p.clone(), g.clone(), m.clone(), v.clone(), step);
+            let g2 = if grad_scale < 1.0 { g.clone().mul_scalar(grad_scale) } else { g.clone() };
+            let m2 = m.clone().mul_scalar(b1) + g2.clone().mul_scalar(1.0 - b1);
+            let v2 = v.clone().mul_scalar(b2) + g2.clone().square().mul_scalar(1.0 - b2);
+            let pd = if decay != 1.0 { p.clone().mul_scalar(decay) } else { p.clone() };
+            let denom = v2.clone().sqrt().div_scalar(bc2).add_scalar(eps);
+            let p2 = pd - m2.clone().div(denom).mul_scalar(lr_t);
+            let tol = Tolerance::<f32>::relative(1e-6);
+            m1.into_data().assert_approx_eq::<f32>(&m2.into_data(), tol);
+            v1.into_data().assert_approx_eq::<f32>(&v2.into_data(), tol);
+            p1.into_data().assert_approx_eq::<f32>(&p2.into_data(), tol);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::Tensor;
 
+use crate::fast::AdamWStep;
 use crate::model::Sliver;
 
 /// AdamW hyper-parameters (PyTorch semantics; decoupled weight decay).
@@ -48,8 +49,15 @@ impl AdamW {
     }
 
     /// Applies one update to every parameter of `sliver` that has an entry in `grads`
-    /// (flattened gradients by name), at learning rate `lr`.
-    pub fn step(&mut self, sliver: &mut Sliver, grads: &BTreeMap<String, Tensor<1>>, lr: f64) {
+    /// (flattened gradients by name), at learning rate `lr`, the gradients first scaled by
+    /// `grad_scale` when it is below one (clipping).
+    pub fn step(
+        &mut self,
+        sliver: &mut Sliver,
+        grads: &BTreeMap<String, Tensor<1>>,
+        lr: f64,
+        grad_scale: f64,
+    ) {
         self.steps += 1;
         let c = &self.config;
         let t = self.steps as i32;
@@ -63,15 +71,29 @@ impl AdamW {
                 Some(mv) => mv,
                 None => (p.zeros_like(), p.zeros_like()),
             };
-            let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
-            let v = v.mul_scalar(c.beta2) + g.clone().square().mul_scalar(1.0 - c.beta2);
-            let p = if param.is_matrix() && c.weight_decay != 0.0 {
-                p.mul_scalar(1.0 - lr * c.weight_decay)
+            let decay = if param.is_matrix() { 1.0 - lr * c.weight_decay } else { 1.0 };
+            let (p, m, v) = if crate::fast::fused_supported(&p.device()) {
+                let step = AdamWStep {
+                    grad_scale: grad_scale as f32,
+                    beta1: c.beta1 as f32,
+                    one_minus_beta1: (1.0 - c.beta1) as f32,
+                    beta2: c.beta2 as f32,
+                    one_minus_beta2: (1.0 - c.beta2) as f32,
+                    decay: decay as f32,
+                    bias_correction2_sqrt: bc2_sqrt as f32,
+                    eps: c.eps as f32,
+                    step_size: step_size as f32,
+                };
+                crate::fast::adamw(p, g.clone(), m, v, step)
             } else {
-                p
+                // The same expressions as the kernel, as tensor operations.
+                let g = if grad_scale < 1.0 { g.clone().mul_scalar(grad_scale) } else { g.clone() };
+                let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
+                let v = v.mul_scalar(c.beta2) + g.clone().square().mul_scalar(1.0 - c.beta2);
+                let p = if decay != 1.0 { p.mul_scalar(decay) } else { p };
+                let denom = v.clone().sqrt().div_scalar(bc2_sqrt).add_scalar(c.eps);
+                (p - m.clone().div(denom).mul_scalar(step_size), m, v)
             };
-            let denom = v.clone().sqrt().div_scalar(bc2_sqrt).add_scalar(c.eps);
-            let p = p - m.clone().div(denom).mul_scalar(step_size);
             param.set_flat(p);
             self.moments.insert(name, (m, v));
         }

@@ -250,12 +250,7 @@ impl SliverTrainer {
     /// Scales the gradients by `factor` (clipping), takes an AdamW step at `lr` and clears them.
     pub fn step(&mut self, lr: f64, factor: f64) {
         let grads = std::mem::take(&mut self.grads);
-        let grads = if factor < 1.0 {
-            grads.into_iter().map(|(k, g)| (k, g.mul_scalar(factor))).collect()
-        } else {
-            grads
-        };
-        self.optim.step(&mut self.sliver, &grads, lr);
+        self.optim.step(&mut self.sliver, &grads, lr, factor);
     }
 
     /// Forgets accumulated gradients and pending micro-batches.

@@ -16,6 +16,7 @@
 //! The engine wires these into Burn as a backend extension (`sliver_engine::fast`); this crate
 //! knows only slices.
 
+pub mod adamw;
 pub mod attention;
 pub mod gelu;
 pub mod gemm;
