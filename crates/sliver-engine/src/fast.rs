@@ -170,7 +170,7 @@ impl SliverOps for Flex {
             return Self::gelu(x);
         }
         let x = contiguous(x);
-        let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+        let mut out = empty_f32(x.layout().shape().clone());
         let src = x.as_slice::<f32>().expect("contiguous f32");
         timed(GELU, || sliver_kernels::gelu::gelu_forward(src, out.storage_mut::<f32>()));
         out
@@ -181,7 +181,7 @@ impl SliverOps for Flex {
             return Self::gelu_backward(x, grad);
         }
         let (x, grad) = (contiguous(x), contiguous(grad));
-        let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+        let mut out = empty_f32(x.layout().shape().clone());
         timed(GELU, || {
             sliver_kernels::gelu::gelu_backward(
                 x.as_slice::<f32>().expect("contiguous f32"),
@@ -198,7 +198,7 @@ impl SliverOps for Flex {
         eps: f32,
     ) -> FloatTensor<Self> {
         let (x, w) = (contiguous(x), contiguous(w));
-        let mut y = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+        let mut y = empty_f32(x.layout().shape().clone());
         timed(LAYER_NORM, || {
             sliver_kernels::layernorm::layer_norm_forward(
                 f32s(&x, "layer norm input"),
@@ -217,7 +217,7 @@ impl SliverOps for Flex {
         eps: f32,
     ) -> FloatTensor<Self> {
         let (x, w, dy) = (contiguous(x), contiguous(w), contiguous(dy));
-        let mut dx = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+        let mut dx = empty_f32(x.layout().shape().clone());
         timed(LAYER_NORM, || {
             sliver_kernels::layernorm::layer_norm_grad_input(
                 f32s(&x, "layer norm input"),
@@ -238,7 +238,7 @@ impl SliverOps for Flex {
         let (x, dy) = (contiguous(x), contiguous(dy));
         let dims = x.layout().shape();
         let d = dims[dims.num_dims() - 1];
-        let mut dw = FlexTensor::empty([d].into(), DType::F32);
+        let mut dw = empty_f32([d]);
         timed(LAYER_NORM, || {
             sliver_kernels::layernorm::layer_norm_grad_weight(
                 f32s(&x, "layer norm input"),
@@ -259,7 +259,7 @@ impl SliverOps for Flex {
     ) -> FloatTensor<Self> {
         let (p, g, m, v) = (contiguous(p), contiguous(g), contiguous(m), contiguous(v));
         let n = p.layout().shape().num_elements();
-        let mut out = FlexTensor::empty([3, n].into(), DType::F32);
+        let mut out = empty_f32([3, n]);
         let inputs = AdamWInputs {
             p: f32s(&p, "adamw parameter"),
             g: f32s(&g, "adamw gradient"),
@@ -280,7 +280,7 @@ impl SliverOps for Flex {
     fn sliver_attention_probs(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         let s = attn_shape(&qkv, heads);
         let qkv = contiguous(qkv);
-        let mut probs = FlexTensor::empty([s.batch, s.heads, s.seq, s.seq].into(), DType::F32);
+        let mut probs = empty_f32([s.batch, s.heads, s.seq, s.seq]);
         timed(ATTENTION, || {
             sliver_kernels::attention::causal_attention_probs(
                 s,
@@ -298,7 +298,7 @@ impl SliverOps for Flex {
     ) -> FloatTensor<Self> {
         let s = attn_shape(&qkv, heads);
         let (qkv, probs) = (contiguous(qkv), contiguous(probs));
-        let mut y = FlexTensor::empty([s.batch, s.seq, s.heads * s.head_dim].into(), DType::F32);
+        let mut y = empty_f32([s.batch, s.seq, s.heads * s.head_dim]);
         timed(ATTENTION, || {
             sliver_kernels::attention::causal_attention_apply(
                 s,
@@ -318,7 +318,7 @@ impl SliverOps for Flex {
     ) -> FloatTensor<Self> {
         let s = attn_shape(&qkv, heads);
         let (qkv, probs, dy) = (contiguous(qkv), contiguous(probs), contiguous(dy));
-        let mut dqkv = FlexTensor::empty(qkv.layout().shape().clone(), DType::F32);
+        let mut dqkv = empty_f32(qkv.layout().shape().clone());
         timed(ATTENTION, || {
             sliver_kernels::attention::causal_attention_backward(
                 s,
@@ -351,6 +351,15 @@ fn attn_shape(qkv: &FlexTensor, heads: usize) -> sliver_kernels::attention::Attn
         heads,
         head_dim: dims[2] / (3 * heads),
     }
+}
+
+/// A zeroed dense f32 tensor of `shape`, allocated as `f32`s. (flex's own `FlexTensor::empty`
+/// zero-fills a byte vector, whose alignment of 1 then makes `Bytes` copy it into an aligned
+/// allocation: twice the memory traffic.)
+fn empty_f32(shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
+    let shape = shape.into();
+    let values = vec![0f32; shape.num_elements()];
+    FlexTensor::new(burn::tensor::Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
 }
 
 /// The elements of a dense f32 tensor; the model only passes f32 here, so another dtype is a
