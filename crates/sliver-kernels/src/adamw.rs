@@ -5,7 +5,7 @@
 //! both give the same bits; the decomposed version costs about a dozen passes per parameter.
 
 use crate::math::vectorised;
-use rayon::prelude::*;
+use crate::pool::{chunks_mut, Disjoint};
 
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 14;
@@ -84,12 +84,11 @@ pub fn adamw_step(s: AdamWStep, x: AdamWInputs<'_>, out: &mut [f32]) {
     assert_eq!(out.len(), 3 * n, "adamw: output length");
     let (po, rest) = out.split_at_mut(n);
     let (mo, vo) = rest.split_at_mut(n);
-    po.par_chunks_mut(CHUNK)
-        .zip(mo.par_chunks_mut(CHUNK))
-        .zip(vo.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(c, ((po, mo), vo))| {
-            let r = c * CHUNK..c * CHUNK + po.len();
-            dispatch(s, x.range(r), po, mo, vo)
-        });
+    let (mo, vo) = (Disjoint::new(mo), Disjoint::new(vo));
+    chunks_mut(po, CHUNK, |c, po| {
+        let r = c * CHUNK..c * CHUNK + po.len();
+        // SAFETY: chunk c alone gets range r of each output.
+        let (mo, vo) = unsafe { (mo.range(r.clone()), vo.range(r.clone())) };
+        dispatch(s, x.range(r), po, mo, vo)
+    });
 }

@@ -19,7 +19,7 @@
 
 use crate::gemm::Kernel;
 use crate::math::{combine, exp, vectorised, LANES};
-use rayon::prelude::*;
+use crate::pool::chunks_mut;
 
 /// Dimensions of an attention call: `width = heads * head_dim`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,10 +71,9 @@ pub fn causal_attention_probs(s: AttnShape, qkv: &[f32], probs: &mut [f32]) {
         return;
     }
     let (t, c) = (s.seq, s.width());
-    probs
-        .par_chunks_mut(s.heads * t * t)
-        .zip(qkv.par_chunks(t * 3 * c))
-        .for_each(|(p, qkv)| dispatch_forward(s, qkv, p));
+    chunks_mut(probs, s.heads * t * t, |b, p| {
+        dispatch_forward(s, &qkv[b * t * 3 * c..(b + 1) * t * 3 * c], p)
+    });
 }
 
 /// Second half of the forward pass: `y = probs v`, heads merged into `[batch, seq, width]`.
@@ -86,10 +85,11 @@ pub fn causal_attention_apply(s: AttnShape, qkv: &[f32], probs: &[f32], y: &mut 
         return;
     }
     let (t, c) = (s.seq, s.width());
-    y.par_chunks_mut(t * c)
-        .zip(qkv.par_chunks(t * 3 * c))
-        .zip(probs.par_chunks(s.heads * t * t))
-        .for_each(|((y, qkv), p)| dispatch_apply(s, qkv, p, y));
+    let pl = s.heads * t * t;
+    chunks_mut(y, t * c, |b, y| {
+        let qkv = &qkv[b * t * 3 * c..(b + 1) * t * 3 * c];
+        dispatch_apply(s, qkv, &probs[b * pl..(b + 1) * pl], y)
+    });
 }
 
 /// Backward pass: `dqkv` receives the gradient of the projection given the output gradient
@@ -109,11 +109,12 @@ pub fn causal_attention_backward(
         return;
     }
     let (t, c) = (s.seq, s.width());
-    dqkv.par_chunks_mut(t * 3 * c)
-        .zip(qkv.par_chunks(t * 3 * c))
-        .zip(probs.par_chunks(s.heads * t * t))
-        .zip(dy.par_chunks(t * c))
-        .for_each(|(((dqkv, qkv), p), dy)| dispatch_backward(s, qkv, p, dy, dqkv));
+    let pl = s.heads * t * t;
+    chunks_mut(dqkv, t * 3 * c, |b, dqkv| {
+        let qkv = &qkv[b * t * 3 * c..(b + 1) * t * 3 * c];
+        let p = &probs[b * pl..(b + 1) * pl];
+        dispatch_backward(s, qkv, p, &dy[b * t * c..(b + 1) * t * c], dqkv)
+    });
 }
 
 vectorised!(fn dispatch_forward(s: AttnShape, qkv: &[f32], p: &mut [f32]) => forward_row);

@@ -8,7 +8,7 @@
 //! results do not depend on vector width or thread count.
 
 use crate::math::{exp, vectorised};
-use rayon::prelude::*;
+use crate::pool::chunks_mut;
 
 /// Elements per parallel chunk: below about twice this, a pass runs on the calling thread.
 const CHUNK: usize = 1 << 15;
@@ -73,7 +73,7 @@ pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
     if x.len() < 2 * CHUNK {
         return forward_dispatch(x, y);
     }
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| forward_dispatch(x, y));
+    chunks_mut(y, CHUNK, |i, y| forward_dispatch(&x[i * CHUNK..i * CHUNK + y.len()], y));
 }
 
 /// `out = g * GELU'(x)` element-wise: the input gradient given the output gradient `g`.
@@ -82,9 +82,10 @@ pub fn gelu_backward(x: &[f32], g: &[f32], out: &mut [f32]) {
     if x.len() < 2 * CHUNK {
         return backward_dispatch(x, g, out);
     }
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-        .for_each(|(o, (x, g))| backward_dispatch(x, g, o));
+    chunks_mut(out, CHUNK, |i, o| {
+        let r = i * CHUNK..i * CHUNK + o.len();
+        backward_dispatch(&x[r.clone()], &g[r], o)
+    });
 }
 
 #[cfg(test)]

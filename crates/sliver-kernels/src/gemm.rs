@@ -5,7 +5,7 @@
 //! alike) and `B` as panels of [`NR`] contiguous values per row. At the step's sizes (K of 128
 //! to 768) the operands stay in the L2 cache, so they are read in place: only a `B` whose
 //! columns are strided (a transposed weight in `dC Bᵀ`) is packed into panels, and partial
-//! edge panels are packed with zero padding. With more than one rayon thread, the rows of `C` are split
+//! edge panels are packed with zero padding. With more than one thread (see `pool`), the rows of `C` are split
 //! between threads in whole panels; `k` is never split.
 //!
 //! **Determinism.** Each `C[i][j]` is computed as `acc = fma(A[i][p], B[p][j], acc)` for
@@ -13,7 +13,6 @@
 //! tile position and for any thread count. The result is therefore the same bits on every
 //! machine whose `fma` is IEEE's (all of them: it is exactly rounded by definition).
 
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Rows of `C` a micro-kernel computes at once.
@@ -175,8 +174,9 @@ pub fn gemm_uninit(
         let mp = m.div_ceil(MR);
         let threads = rayon::current_num_threads().min(mp);
         if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS {
-            let panels_per = mp.div_ceil(threads);
-            c.par_chunks_mut(panels_per * MR * n).enumerate().for_each(|(t, rows)| {
+            // About four parts per thread, so a thread slowed by other load hands its share on.
+            let panels_per = mp.div_ceil(4 * threads);
+            crate::pool::chunks_mut(c, panels_per * MR * n, |t, rows| {
                 compute_rows(kernel, &a, &bs, t * panels_per * MR, rows, n, k)
             });
         } else {

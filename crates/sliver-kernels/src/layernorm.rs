@@ -9,7 +9,7 @@
 //! order, so no result depends on the thread count.
 
 use crate::math::vectorised;
-use rayon::prelude::*;
+use crate::pool::chunks_mut;
 
 /// Rows per parallel task (also the blocks of the weight gradient's partial sums).
 const ROWS: usize = 32;
@@ -95,9 +95,9 @@ vectorised!(
 pub fn layer_norm_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     check(x, w, y);
     let d = w.len();
-    y.par_chunks_mut(ROWS * d)
-        .zip(x.par_chunks(ROWS * d))
-        .for_each(|(y, x)| forward_dispatch(x, w, eps, y));
+    chunks_mut(y, ROWS * d, |i, y| {
+        forward_dispatch(&x[i * ROWS * d..i * ROWS * d + y.len()], w, eps, y)
+    });
 }
 
 /// The input gradient given the output gradient `dy`:
@@ -106,26 +106,24 @@ pub fn layer_norm_grad_input(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mu
     check(x, w, dy);
     check(x, w, dx);
     let d = w.len();
-    dx.par_chunks_mut(ROWS * d)
-        .zip(x.par_chunks(ROWS * d).zip(dy.par_chunks(ROWS * d)))
-        .for_each(|(dx, (x, dy))| grad_input_dispatch(x, w, dy, eps, dx));
+    chunks_mut(dx, ROWS * d, |i, dx| {
+        let r = i * ROWS * d..i * ROWS * d + dx.len();
+        grad_input_dispatch(&x[r.clone()], w, &dy[r], eps, dx)
+    });
 }
 
 /// The weight gradient `dw = sum over rows of dy x̂`, rows of `dw.len()` values.
 pub fn layer_norm_grad_weight(x: &[f32], dy: &[f32], eps: f32, dw: &mut [f32]) {
     check(x, dw, dy);
     let d = dw.len();
-    let partials: Vec<Vec<f32>> = x
-        .par_chunks(ROWS * d)
-        .zip(dy.par_chunks(ROWS * d))
-        .map(|(x, dy)| {
-            let mut acc = vec![0f32; d];
-            grad_weight_dispatch(x, dy, eps, &mut acc);
-            acc
-        })
-        .collect();
+    let rows = x.len() / d;
+    let mut partials = vec![0f32; rows.div_ceil(ROWS) * d];
+    chunks_mut(&mut partials, d, |i, acc| {
+        let r = i * ROWS * d..((i + 1) * ROWS * d).min(x.len());
+        grad_weight_dispatch(&x[r.clone()], &dy[r], eps, acc)
+    });
     dw.fill(0.0);
-    for p in &partials {
+    for p in partials.chunks_exact(d) {
         for (a, &v) in dw.iter_mut().zip(p) {
             *a += v;
         }

@@ -22,5 +22,6 @@ pub mod gelu;
 pub mod gemm;
 pub mod layernorm;
 mod math;
+mod pool;
 
 pub use gemm::{gemm, gemm_uninit, MatRef, ShapeError};

@@ -3,7 +3,7 @@
 //! rayon pool. Prints GFLOP/s per shape, then the time of the step's other kernels (attention,
 //! GELU) per call.
 use sliver_kernels::attention::{self, AttnShape};
-use sliver_kernels::{gelu, gemm, MatRef};
+use sliver_kernels::{gelu, gemm, layernorm, MatRef};
 use std::time::Instant;
 
 fn main() {
@@ -67,7 +67,12 @@ fn other_kernels() {
     println!("| kernel (nanoGPT step shapes) | threads | ms per call |");
     println!("|---|---|---|");
     for threads in [1usize, 2] {
-        let rows: [(&str, f64); 4] = [
+        let xs = &x[..768 * 128];
+        let gs = &g[..768 * 128];
+        let w: Vec<f32> = (0..128).map(|i| 1.0 + i as f32 * 0.001).collect();
+        let mut ln = vec![0f32; 768 * 128];
+        let mut dw = vec![0f32; 128];
+        let rows: [(&str, f64); 7] = [
             (
                 "attention forward 12x64, 4 heads of 32",
                 time_ms(threads, || {
@@ -82,6 +87,18 @@ fn other_kernels() {
             ),
             ("gelu forward 768x512", time_ms(threads, || gelu::gelu_forward(&x, &mut out))),
             ("gelu backward 768x512", time_ms(threads, || gelu::gelu_backward(&x, &g, &mut out2))),
+            (
+                "layer norm forward 768x128",
+                time_ms(threads, || layernorm::layer_norm_forward(xs, &w, 1e-5, &mut ln)),
+            ),
+            (
+                "layer norm input gradient",
+                time_ms(threads, || layernorm::layer_norm_grad_input(xs, &w, gs, 1e-5, &mut ln)),
+            ),
+            (
+                "layer norm weight gradient",
+                time_ms(threads, || layernorm::layer_norm_grad_weight(xs, gs, 1e-5, &mut dw)),
+            ),
         ];
         for (what, ms) in rows {
             println!("| {what} | {threads} | {ms:.3} |");
