@@ -170,10 +170,10 @@ impl SliverOps for Flex {
             return Self::gelu(x);
         }
         let x = contiguous(x);
-        let mut out = empty_f32(x.layout().shape().clone());
-        let src = x.as_slice::<f32>().expect("contiguous f32");
-        timed(GELU, || sliver_kernels::gelu::gelu_forward(src, out.storage_mut::<f32>()));
-        out
+        let src = f32s(&x, "gelu input");
+        new_f32(GELU, x.layout().shape().clone(), |out| {
+            sliver_kernels::gelu::gelu_forward(src, out)
+        })
     }
 
     fn sliver_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -181,15 +181,13 @@ impl SliverOps for Flex {
             return Self::gelu_backward(x, grad);
         }
         let (x, grad) = (contiguous(x), contiguous(grad));
-        let mut out = empty_f32(x.layout().shape().clone());
-        timed(GELU, || {
+        new_f32(GELU, x.layout().shape().clone(), |out| {
             sliver_kernels::gelu::gelu_backward(
-                x.as_slice::<f32>().expect("contiguous f32"),
-                grad.as_slice::<f32>().expect("contiguous f32"),
-                out.storage_mut::<f32>(),
+                f32s(&x, "gelu input"),
+                f32s(&grad, "gelu gradient"),
+                out,
             )
-        });
-        out
+        })
     }
 
     fn sliver_layer_norm(
@@ -198,16 +196,14 @@ impl SliverOps for Flex {
         eps: f32,
     ) -> FloatTensor<Self> {
         let (x, w) = (contiguous(x), contiguous(w));
-        let mut y = empty_f32(x.layout().shape().clone());
-        timed(LAYER_NORM, || {
+        new_f32(LAYER_NORM, x.layout().shape().clone(), |y| {
             sliver_kernels::layernorm::layer_norm_forward(
                 f32s(&x, "layer norm input"),
                 f32s(&w, "layer norm weight"),
                 eps,
-                y.storage_mut::<f32>(),
+                y,
             )
-        });
-        y
+        })
     }
 
     fn sliver_layer_norm_grad_input(
@@ -217,17 +213,15 @@ impl SliverOps for Flex {
         eps: f32,
     ) -> FloatTensor<Self> {
         let (x, w, dy) = (contiguous(x), contiguous(w), contiguous(dy));
-        let mut dx = empty_f32(x.layout().shape().clone());
-        timed(LAYER_NORM, || {
+        new_f32(LAYER_NORM, x.layout().shape().clone(), |dx| {
             sliver_kernels::layernorm::layer_norm_grad_input(
                 f32s(&x, "layer norm input"),
                 f32s(&w, "layer norm weight"),
                 f32s(&dy, "layer norm gradient"),
                 eps,
-                dx.storage_mut::<f32>(),
+                dx,
             )
-        });
-        dx
+        })
     }
 
     fn sliver_layer_norm_grad_weight(
@@ -259,17 +253,13 @@ impl SliverOps for Flex {
     ) -> FloatTensor<Self> {
         let (p, g, m, v) = (contiguous(p), contiguous(g), contiguous(m), contiguous(v));
         let n = p.layout().shape().num_elements();
-        let mut out = empty_f32([3, n]);
         let inputs = AdamWInputs {
             p: f32s(&p, "adamw parameter"),
             g: f32s(&g, "adamw gradient"),
             m: f32s(&m, "adamw first moment"),
             v: f32s(&v, "adamw second moment"),
         };
-        timed(OPTIMISER, || {
-            sliver_kernels::adamw::adamw_step(step, inputs, out.storage_mut::<f32>())
-        });
-        out
+        new_f32(OPTIMISER, [3, n], |out| sliver_kernels::adamw::adamw_step(step, inputs, out))
     }
 
     fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
@@ -280,15 +270,9 @@ impl SliverOps for Flex {
     fn sliver_attention_probs(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         let s = attn_shape(&qkv, heads);
         let qkv = contiguous(qkv);
-        let mut probs = empty_f32([s.batch, s.heads, s.seq, s.seq]);
-        timed(ATTENTION, || {
-            sliver_kernels::attention::causal_attention_probs(
-                s,
-                qkv.as_slice::<f32>().expect("contiguous f32"),
-                probs.storage_mut::<f32>(),
-            )
-        });
-        probs
+        new_f32(ATTENTION, [s.batch, s.heads, s.seq, s.seq], |probs| {
+            sliver_kernels::attention::causal_attention_probs(s, f32s(&qkv, "qkv"), probs)
+        })
     }
 
     fn sliver_attention_apply(
@@ -298,16 +282,14 @@ impl SliverOps for Flex {
     ) -> FloatTensor<Self> {
         let s = attn_shape(&qkv, heads);
         let (qkv, probs) = (contiguous(qkv), contiguous(probs));
-        let mut y = empty_f32([s.batch, s.seq, s.heads * s.head_dim]);
-        timed(ATTENTION, || {
+        new_f32(ATTENTION, [s.batch, s.seq, s.heads * s.head_dim], |y| {
             sliver_kernels::attention::causal_attention_apply(
                 s,
-                qkv.as_slice::<f32>().expect("contiguous f32"),
-                probs.as_slice::<f32>().expect("contiguous f32"),
-                y.storage_mut::<f32>(),
+                f32s(&qkv, "qkv"),
+                f32s(&probs, "attention probabilities"),
+                y,
             )
-        });
-        y
+        })
     }
 
     fn sliver_attention_backward(
@@ -318,17 +300,15 @@ impl SliverOps for Flex {
     ) -> FloatTensor<Self> {
         let s = attn_shape(&qkv, heads);
         let (qkv, probs, dy) = (contiguous(qkv), contiguous(probs), contiguous(dy));
-        let mut dqkv = empty_f32(qkv.layout().shape().clone());
-        timed(ATTENTION, || {
+        new_f32(ATTENTION, qkv.layout().shape().clone(), |dqkv| {
             sliver_kernels::attention::causal_attention_backward(
                 s,
-                qkv.as_slice::<f32>().expect("contiguous f32"),
-                probs.as_slice::<f32>().expect("contiguous f32"),
-                dy.as_slice::<f32>().expect("contiguous f32"),
-                dqkv.storage_mut::<f32>(),
+                f32s(&qkv, "qkv"),
+                f32s(&probs, "attention probabilities"),
+                f32s(&dy, "attention gradient"),
+                dqkv,
             )
-        });
-        dqkv
+        })
     }
 }
 
@@ -351,6 +331,22 @@ fn attn_shape(qkv: &FlexTensor, heads: usize) -> sliver_kernels::attention::Attn
         heads,
         head_dim: dims[2] / (3 * heads),
     }
+}
+
+/// A dense f32 tensor of `shape` whose every value `fill` writes (timed as kernel `kind`),
+/// allocated as `f32`s without zero-filling first.
+fn new_f32(
+    kind: usize,
+    shape: impl Into<burn::tensor::Shape>,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>]),
+) -> FlexTensor {
+    let shape = shape.into();
+    let n = shape.num_elements();
+    let mut values = Vec::<f32>::with_capacity(n);
+    timed(kind, || fill(&mut values.spare_capacity_mut()[..n]));
+    // SAFETY: every kernel passed as `fill` writes all of its output (their contract).
+    unsafe { values.set_len(n) };
+    FlexTensor::new(burn::tensor::Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
 }
 
 /// A zeroed dense f32 tensor of `shape`, allocated as `f32`s. (flex's own `FlexTensor::empty`
@@ -401,16 +397,10 @@ fn flex_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
         return None;
     }
     let (m, n) = (a.rows(), b.cols());
-    let mut out = Vec::<f32>::with_capacity(m * n);
-    timed(GEMM, || sliver_kernels::gemm_uninit(a, b, &mut out.spare_capacity_mut()[..m * n]))
-        .ok()?;
-    // SAFETY: `gemm_uninit` returned Ok, so it wrote all m x n values.
-    unsafe { out.set_len(m * n) };
-    Some(FlexTensor::new(
-        burn::tensor::Bytes::from_elems(out),
-        Layout::contiguous([m, n].into()),
-        DType::F32,
-    ))
+    // The shapes agree (checked above), so the product writes all m x n values.
+    Some(new_f32(GEMM, [m, n], |out| {
+        sliver_kernels::gemm_uninit(a, b, out).expect("gemm of agreeing shapes")
+    }))
 }
 
 impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {

@@ -6,6 +6,9 @@
 
 use crate::math::vectorised;
 use crate::pool::{chunks_mut, Disjoint};
+use std::mem::MaybeUninit;
+
+type Out<'a> = &'a mut [MaybeUninit<f32>];
 
 /// Elements per parallel chunk.
 const CHUNK: usize = 1 << 14;
@@ -58,27 +61,27 @@ impl<'a> AdamWInputs<'a> {
 }
 
 #[inline(always)]
-fn update(s: AdamWStep, x: AdamWInputs<'_>, po: &mut [f32], mo: &mut [f32], vo: &mut [f32]) {
+fn update(s: AdamWStep, x: AdamWInputs<'_>, po: Out<'_>, mo: Out<'_>, vo: Out<'_>) {
     for i in 0..po.len() {
         let g = if s.grad_scale < 1.0 { x.g[i] * s.grad_scale } else { x.g[i] };
         let m = x.m[i] * s.beta1 + g * s.one_minus_beta1;
         let v = x.v[i] * s.beta2 + g * g * s.one_minus_beta2;
         let p = if s.decay != 1.0 { x.p[i] * s.decay } else { x.p[i] };
         let denom = v.sqrt() / s.bias_correction2_sqrt + s.eps;
-        po[i] = p - m / denom * s.step_size;
-        mo[i] = m;
-        vo[i] = v;
+        po[i].write(p - m / denom * s.step_size);
+        mo[i].write(m);
+        vo[i].write(v);
     }
 }
 
 vectorised!(
-    fn dispatch(s: AdamWStep, x: AdamWInputs<'_>, po: &mut [f32], mo: &mut [f32], vo: &mut [f32])
+    fn dispatch(s: AdamWStep, x: AdamWInputs<'_>, po: Out<'_>, mo: Out<'_>, vo: Out<'_>)
         => update
 );
 
 /// Writes the updated parameter, first and second moments to `out` (`3 n` values: `p'`, then
 /// `m'`, then `v'`). Panics when the lengths disagree (a caller bug).
-pub fn adamw_step(s: AdamWStep, x: AdamWInputs<'_>, out: &mut [f32]) {
+pub fn adamw_step(s: AdamWStep, x: AdamWInputs<'_>, out: Out<'_>) {
     let n = x.p.len();
     assert!(x.g.len() == n && x.m.len() == n && x.v.len() == n, "adamw: lengths");
     assert_eq!(out.len(), 3 * n, "adamw: output length");

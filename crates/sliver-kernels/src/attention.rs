@@ -20,6 +20,10 @@
 use crate::gemm::Kernel;
 use crate::math::{combine, exp, vectorised, LANES};
 use crate::pool::chunks_mut;
+use crate::{as_out, write_all};
+use std::mem::MaybeUninit;
+
+type Out<'a> = &'a mut [MaybeUninit<f32>];
 
 /// Dimensions of an attention call: `width = heads * head_dim`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,13 +62,13 @@ impl AttnShape {
 /// Forward pass: `probs` receives the attention probabilities (zero above the diagonal) and
 /// `y` the output. Panics if a slice length disagrees with `s` (a caller bug).
 pub fn causal_attention_forward(s: AttnShape, qkv: &[f32], probs: &mut [f32], y: &mut [f32]) {
-    causal_attention_probs(s, qkv, probs);
-    causal_attention_apply(s, qkv, probs, y);
+    causal_attention_probs(s, qkv, as_out(probs));
+    causal_attention_apply(s, qkv, probs, as_out(y));
 }
 
 /// First half of the forward pass: the probabilities `softmax(q kᵀ / √head_dim)` of every
 /// head, causal (zero above the diagonal).
-pub fn causal_attention_probs(s: AttnShape, qkv: &[f32], probs: &mut [f32]) {
+pub fn causal_attention_probs(s: AttnShape, qkv: &[f32], probs: &mut [MaybeUninit<f32>]) {
     assert_eq!(qkv.len(), s.qkv_len(), "attention: qkv length");
     assert_eq!(probs.len(), s.probs_len(), "attention: probs length");
     if probs.is_empty() {
@@ -77,7 +81,12 @@ pub fn causal_attention_probs(s: AttnShape, qkv: &[f32], probs: &mut [f32]) {
 }
 
 /// Second half of the forward pass: `y = probs v`, heads merged into `[batch, seq, width]`.
-pub fn causal_attention_apply(s: AttnShape, qkv: &[f32], probs: &[f32], y: &mut [f32]) {
+pub fn causal_attention_apply(
+    s: AttnShape,
+    qkv: &[f32],
+    probs: &[f32],
+    y: &mut [MaybeUninit<f32>],
+) {
     assert_eq!(qkv.len(), s.qkv_len(), "attention: qkv length");
     assert_eq!(probs.len(), s.probs_len(), "attention: probs length");
     assert_eq!(y.len(), s.out_len(), "attention: output length");
@@ -99,7 +108,7 @@ pub fn causal_attention_backward(
     qkv: &[f32],
     probs: &[f32],
     dy: &[f32],
-    dqkv: &mut [f32],
+    dqkv: &mut [MaybeUninit<f32>],
 ) {
     assert_eq!(qkv.len(), s.qkv_len(), "attention: qkv length");
     assert_eq!(probs.len(), s.probs_len(), "attention: probs length");
@@ -117,10 +126,10 @@ pub fn causal_attention_backward(
     });
 }
 
-vectorised!(fn dispatch_forward(s: AttnShape, qkv: &[f32], p: &mut [f32]) => forward_row);
-vectorised!(fn dispatch_apply(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) => apply_row);
+vectorised!(fn dispatch_forward(s: AttnShape, qkv: &[f32], p: Out<'_>) => forward_row);
+vectorised!(fn dispatch_apply(s: AttnShape, qkv: &[f32], p: &[f32], y: Out<'_>) => apply_row);
 vectorised!(
-    fn dispatch_backward(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: &mut [f32])
+    fn dispatch_backward(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: Out<'_>)
         => backward_row
 );
 
@@ -175,7 +184,7 @@ fn copy_head(src: &[f32], stride: usize, t: usize, hd: usize, dst: &mut [f32], l
 
 /// Probabilities of one batch row: `qkv` `[t, 3c]`, `p` `[heads, t, t]`.
 #[inline(always)]
-fn forward_row(s: AttnShape, qkv: &[f32], p: &mut [f32]) {
+fn forward_row(s: AttnShape, qkv: &[f32], p: Out<'_>) {
     let kernel = Kernel::detect();
     let (t, hd, c) = (s.seq, s.head_dim, s.width());
     let (stride, tp) = (3 * c, padded(t));
@@ -209,16 +218,18 @@ fn forward_row(s: AttnShape, qkv: &[f32], p: &mut [f32]) {
             let inv = 1.0 / partial_sum(&row[..w], None);
             let out = &mut ph[i * t..(i + 1) * t];
             for (o, &e) in out[..n].iter_mut().zip(&row[..n]) {
-                *o = e * inv;
+                o.write(e * inv);
             }
-            out[n..].fill(0.0);
+            for o in &mut out[n..] {
+                o.write(0.0);
+            }
         }
     }
 }
 
 /// `y_i = sum_j p_ij v_j` for one batch row.
 #[inline(always)]
-fn apply_row(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
+fn apply_row(s: AttnShape, qkv: &[f32], p: &[f32], y: Out<'_>) {
     let kernel = Kernel::detect();
     let (t, hd, c) = (s.seq, s.head_dim, s.width());
     let (stride, hdp) = (3 * c, padded(hd));
@@ -229,7 +240,7 @@ fn apply_row(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
         let ph = &p[h * t * t..(h + 1) * t * t];
         for i in 0..t {
             combine(kernel, &ph[i * t..i * t + i + 1], &vp, hdp, hdp, &mut out);
-            y[i * c + h * hd..i * c + (h + 1) * hd].copy_from_slice(&out[..hd]);
+            write_all(&mut y[i * c + h * hd..i * c + (h + 1) * hd], &out[..hd]);
         }
     }
 }
@@ -240,7 +251,7 @@ fn apply_row(s: AttnShape, qkv: &[f32], p: &[f32], y: &mut [f32]) {
 /// `dq_i = sum_j dS_ij k_j` row by row, then `dv_j = sum_i p_ij dy_i` and
 /// `dk_j = sum_i dS_ij q_i` from the transposed `P` and `dS`.
 #[inline(always)]
-fn backward_row(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: &mut [f32]) {
+fn backward_row(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: Out<'_>) {
     let kernel = Kernel::detect();
     let (t, hd, c) = (s.seq, s.head_dim, s.width());
     let (stride, tp, hdp) = (3 * c, padded(t), padded(hd));
@@ -275,14 +286,14 @@ fn backward_row(s: AttnShape, qkv: &[f32], p: &[f32], dy: &[f32], dqkv: &mut [f3
                 pt[j * t + i] = pj;
             }
             combine(kernel, &dp[..n], &kp, hdp, hdp, &mut out);
-            dqkv[i * stride + qo..i * stride + qo + hd].copy_from_slice(&out[..hd]);
+            write_all(&mut dqkv[i * stride + qo..i * stride + qo + hd], &out[..hd]);
         }
         for j in 0..t {
             let rows = j * hdp..;
             combine(kernel, &pt[j * t + j..(j + 1) * t], &dyp[rows.clone()], hdp, hdp, &mut out);
-            dqkv[j * stride + vo..j * stride + vo + hd].copy_from_slice(&out[..hd]);
+            write_all(&mut dqkv[j * stride + vo..j * stride + vo + hd], &out[..hd]);
             combine(kernel, &dst[j * t + j..(j + 1) * t], &qp[rows], hdp, hdp, &mut out);
-            dqkv[j * stride + ko..j * stride + ko + hd].copy_from_slice(&out[..hd]);
+            write_all(&mut dqkv[j * stride + ko..j * stride + ko + hd], &out[..hd]);
         }
     }
 }
@@ -361,7 +372,7 @@ mod tests {
         let w = values(S.out_len(), 3); // loss = sum(w * y)
         let (p, _) = forward(S, &qkv);
         let mut grad = vec![f32::NAN; S.qkv_len()];
-        causal_attention_backward(S, &qkv, &p, &w, &mut grad);
+        causal_attention_backward(S, &qkv, &p, &w, crate::as_out(&mut grad));
         let loss =
             |x: &[f32]| -> f64 { reference(S, x).iter().zip(&w).map(|(y, w)| y * *w as f64).sum() };
         for idx in (0..S.qkv_len()).step_by(7) {
@@ -389,7 +400,7 @@ mod tests {
             pool.install(|| {
                 let (p, y) = forward(s, &qkv);
                 let mut g = vec![0f32; s.qkv_len()];
-                causal_attention_backward(s, &qkv, &p, &dy, &mut g);
+                causal_attention_backward(s, &qkv, &p, &dy, crate::as_out(&mut g));
                 (y, g)
             })
         };

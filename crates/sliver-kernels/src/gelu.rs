@@ -9,6 +9,7 @@
 
 use crate::math::{exp, vectorised};
 use crate::pool::chunks_mut;
+use std::mem::MaybeUninit;
 
 /// Elements per parallel chunk: below about twice this, a pass runs on the calling thread.
 const CHUNK: usize = 1 << 15;
@@ -51,24 +52,26 @@ fn gelu_grad_one(x: f32, g: f32) -> f32 {
 }
 
 #[inline(always)]
-fn forward_chunk(x: &[f32], y: &mut [f32]) {
+fn forward_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = gelu_one(x);
+        y.write(gelu_one(x));
     }
 }
 
 #[inline(always)]
-fn backward_chunk(x: &[f32], g: &[f32], out: &mut [f32]) {
+fn backward_chunk(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
     for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-        *o = gelu_grad_one(x, g);
+        o.write(gelu_grad_one(x, g));
     }
 }
 
-vectorised!(fn forward_dispatch(x: &[f32], y: &mut [f32]) => forward_chunk);
-vectorised!(fn backward_dispatch(x: &[f32], g: &[f32], out: &mut [f32]) => backward_chunk);
+vectorised!(fn forward_dispatch(x: &[f32], y: &mut [MaybeUninit<f32>]) => forward_chunk);
+vectorised!(
+    fn backward_dispatch(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) => backward_chunk
+);
 
 /// `y = GELU(x)` element-wise. Panics if the lengths differ (a caller bug, not input data).
-pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
+pub fn gelu_forward(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     assert_eq!(x.len(), y.len(), "gelu_forward: lengths");
     if x.len() < 2 * CHUNK {
         return forward_dispatch(x, y);
@@ -77,7 +80,7 @@ pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
 }
 
 /// `out = g * GELU'(x)` element-wise: the input gradient given the output gradient `g`.
-pub fn gelu_backward(x: &[f32], g: &[f32], out: &mut [f32]) {
+pub fn gelu_backward(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
     assert!(x.len() == g.len() && g.len() == out.len(), "gelu_backward: lengths");
     if x.len() < 2 * CHUNK {
         return backward_dispatch(x, g, out);
@@ -117,7 +120,7 @@ mod tests {
     fn gelu_matches_the_exact_definition() {
         let xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.001).collect();
         let mut y = vec![0f32; xs.len()];
-        gelu_forward(&xs, &mut y);
+        gelu_forward(&xs, crate::as_out(&mut y));
         for (&x, &y) in xs.iter().zip(&y) {
             let want = gelu64(x as f64);
             let err = (y as f64 - want).abs();
@@ -131,7 +134,7 @@ mod tests {
         let xs: Vec<f32> = (-200..=200).map(|i| i as f32 * 0.02).collect();
         let g: Vec<f32> = xs.iter().map(|x| 1.0 + x * 0.1).collect();
         let mut d = vec![0f32; xs.len()];
-        gelu_backward(&xs, &g, &mut d);
+        gelu_backward(&xs, &g, crate::as_out(&mut d));
         for ((&x, &g), &d) in xs.iter().zip(&g).zip(&d) {
             let h = 1e-4;
             let x = x as f64;
@@ -147,11 +150,11 @@ mod tests {
     fn extremes_are_finite_and_saturate() {
         let xs = [-1e30f32, -100.0, -10.0, 0.0, -0.0, 10.0, 100.0, 1e30];
         let mut y = [0f32; 8];
-        gelu_forward(&xs, &mut y);
+        gelu_forward(&xs, crate::as_out(&mut y));
         assert!(y[..5].iter().all(|v| v.abs() < 1e-20), "{y:?}");
         assert_eq!(&y[5..], &[10.0, 100.0, 1e30]);
         let mut d = [0f32; 8];
-        gelu_backward(&xs, &[1.0; 8], &mut d);
+        gelu_backward(&xs, &[1.0; 8], crate::as_out(&mut d));
         assert!(d[..3].iter().all(|v| v.abs() < 1e-20), "{d:?}");
         assert_eq!(&d[3..], &[0.5, 0.5, 1.0, 1.0, 1.0]);
     }
@@ -160,9 +163,9 @@ mod tests {
     fn parallel_and_serial_passes_agree_bitwise() {
         let xs: Vec<f32> = (0..5 * CHUNK).map(|i| ((i * 37) % 1001) as f32 * 0.01 - 5.0).collect();
         let mut par = vec![0f32; xs.len()];
-        gelu_forward(&xs, &mut par);
+        gelu_forward(&xs, crate::as_out(&mut par));
         let mut ser = vec![0f32; xs.len()];
-        forward_chunk(&xs, &mut ser);
+        forward_chunk(&xs, crate::as_out(&mut ser));
         assert!(par.iter().zip(&ser).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }

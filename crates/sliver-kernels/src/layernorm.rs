@@ -10,6 +10,7 @@
 
 use crate::math::vectorised;
 use crate::pool::chunks_mut;
+use std::mem::MaybeUninit;
 
 /// Rows per parallel task (also the blocks of the weight gradient's partial sums).
 const ROWS: usize = 32;
@@ -40,25 +41,25 @@ fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn check(x: &[f32], w: &[f32], other: &[f32]) {
+fn check(x: &[f32], w: &[f32], other: usize) {
     let d = w.len();
     assert!(d > 0 && x.len().is_multiple_of(d), "layer norm: x is not rows of {d}");
-    assert_eq!(x.len(), other.len(), "layer norm: lengths");
+    assert_eq!(x.len(), other, "layer norm: lengths");
 }
 
 #[inline(always)]
-fn forward_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+fn forward_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>]) {
     let d = w.len();
     for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
         let (mean, rstd) = stats(x, eps);
         for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-            *y = (x - mean) * rstd * w;
+            y.write((x - mean) * rstd * w);
         }
     }
 }
 
 #[inline(always)]
-fn grad_input_rows(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mut [f32]) {
+fn grad_input_rows(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mut [MaybeUninit<f32>]) {
     let d = w.len();
     for ((dx, x), dy) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
         let (mean, rstd) = stats(x, eps);
@@ -66,7 +67,7 @@ fn grad_input_rows(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mut [f32]) {
         let gx_mean = lane_sum(d, |i| dy[i] * w[i] * ((x[i] - mean) * rstd)) / d as f32;
         for i in 0..d {
             let xhat = (x[i] - mean) * rstd;
-            dx[i] = rstd * (dy[i] * w[i] - g_mean - xhat * gx_mean);
+            dx[i].write(rstd * (dy[i] * w[i] - g_mean - xhat * gx_mean));
         }
     }
 }
@@ -82,9 +83,11 @@ fn grad_weight_rows(x: &[f32], dy: &[f32], eps: f32, acc: &mut [f32]) {
     }
 }
 
-vectorised!(fn forward_dispatch(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) => forward_rows);
 vectorised!(
-    fn grad_input_dispatch(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mut [f32])
+    fn forward_dispatch(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>]) => forward_rows
+);
+vectorised!(
+    fn grad_input_dispatch(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mut [MaybeUninit<f32>])
         => grad_input_rows
 );
 vectorised!(
@@ -92,8 +95,8 @@ vectorised!(
 );
 
 /// `y = (x - mean) rstd w` row by row, rows of `w.len()` values.
-pub fn layer_norm_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
-    check(x, w, y);
+pub fn layer_norm_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>]) {
+    check(x, w, y.len());
     let d = w.len();
     chunks_mut(y, ROWS * d, |i, y| {
         forward_dispatch(&x[i * ROWS * d..i * ROWS * d + y.len()], w, eps, y)
@@ -102,9 +105,15 @@ pub fn layer_norm_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
 
 /// The input gradient given the output gradient `dy`:
 /// `dx = rstd (g - mean(g) - x̂ mean(g x̂))` with `g = dy w` and `x̂ = (x - mean) rstd`.
-pub fn layer_norm_grad_input(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mut [f32]) {
-    check(x, w, dy);
-    check(x, w, dx);
+pub fn layer_norm_grad_input(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    eps: f32,
+    dx: &mut [MaybeUninit<f32>],
+) {
+    check(x, w, dy.len());
+    check(x, w, dx.len());
     let d = w.len();
     chunks_mut(dx, ROWS * d, |i, dx| {
         let r = i * ROWS * d..i * ROWS * d + dx.len();
@@ -114,7 +123,7 @@ pub fn layer_norm_grad_input(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mu
 
 /// The weight gradient `dw = sum over rows of dy x̂`, rows of `dw.len()` values.
 pub fn layer_norm_grad_weight(x: &[f32], dy: &[f32], eps: f32, dw: &mut [f32]) {
-    check(x, dw, dy);
+    check(x, dw, dy.len());
     let d = dw.len();
     let rows = x.len() / d;
     let mut partials = vec![0f32; rows.div_ceil(ROWS) * d];
@@ -161,7 +170,7 @@ mod tests {
         let w = values(d, 2);
         let g = values(rows * d, 3); // loss = sum(g * y)
         let mut y = vec![f32::NAN; rows * d];
-        layer_norm_forward(&x, &w, eps, &mut y);
+        layer_norm_forward(&x, &w, eps, crate::as_out(&mut y));
         for r in 0..rows {
             let want = reference(&x[r * d..(r + 1) * d], &w, eps as f64);
             for (a, b) in y[r * d..(r + 1) * d].iter().zip(want) {
@@ -176,7 +185,7 @@ mod tests {
                 .sum()
         };
         let mut dx = vec![f32::NAN; rows * d];
-        layer_norm_grad_input(&x, &w, &g, eps, &mut dx);
+        layer_norm_grad_input(&x, &w, &g, eps, crate::as_out(&mut dx));
         let mut dw = vec![f32::NAN; d];
         layer_norm_grad_weight(&x, &g, eps, &mut dw);
         let h = 1e-3f32;
@@ -208,8 +217,8 @@ mod tests {
                 let mut y = vec![0f32; rows * d];
                 let mut dx = vec![0f32; rows * d];
                 let mut dw = vec![0f32; d];
-                layer_norm_forward(&x, &w, 1e-5, &mut y);
-                layer_norm_grad_input(&x, &w, &g, 1e-5, &mut dx);
+                layer_norm_forward(&x, &w, 1e-5, crate::as_out(&mut y));
+                layer_norm_grad_input(&x, &w, &g, 1e-5, crate::as_out(&mut dx));
                 layer_norm_grad_weight(&x, &g, 1e-5, &mut dw);
                 [y, dx, dw].concat()
             })

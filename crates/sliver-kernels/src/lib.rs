@@ -25,3 +25,22 @@ mod math;
 mod pool;
 
 pub use gemm::{gemm, gemm_uninit, MatRef, ShapeError};
+
+use std::mem::MaybeUninit;
+
+/// Kernels write their results into `&mut [MaybeUninit<f32>]`, so a fresh output buffer needs no
+/// zero-filling; this views initialised values the same way (for callers that have them).
+pub fn as_out(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and kernels only write initialised
+    // values through the view.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// `dst[i] = src[i]`, lengths equal.
+#[inline(always)]
+pub(crate) fn write_all(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "write_all: lengths");
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+}

@@ -82,18 +82,40 @@ fn other_kernels() {
             (
                 "attention backward",
                 time_ms(threads, || {
-                    attention::causal_attention_backward(s, &qkv, &probs, &dy, &mut dqkv)
+                    attention::causal_attention_backward(
+                        s,
+                        &qkv,
+                        &probs,
+                        &dy,
+                        sliver_kernels::as_out(&mut dqkv),
+                    )
                 }),
             ),
-            ("gelu forward 768x512", time_ms(threads, || gelu::gelu_forward(&x, &mut out))),
-            ("gelu backward 768x512", time_ms(threads, || gelu::gelu_backward(&x, &g, &mut out2))),
+            (
+                "gelu forward 768x512",
+                time_ms(threads, || gelu::gelu_forward(&x, sliver_kernels::as_out(&mut out))),
+            ),
+            (
+                "gelu backward 768x512",
+                time_ms(threads, || gelu::gelu_backward(&x, &g, sliver_kernels::as_out(&mut out2))),
+            ),
             (
                 "layer norm forward 768x128",
-                time_ms(threads, || layernorm::layer_norm_forward(xs, &w, 1e-5, &mut ln)),
+                time_ms(threads, || {
+                    layernorm::layer_norm_forward(xs, &w, 1e-5, sliver_kernels::as_out(&mut ln))
+                }),
             ),
             (
                 "layer norm input gradient",
-                time_ms(threads, || layernorm::layer_norm_grad_input(xs, &w, gs, 1e-5, &mut ln)),
+                time_ms(threads, || {
+                    layernorm::layer_norm_grad_input(
+                        xs,
+                        &w,
+                        gs,
+                        1e-5,
+                        sliver_kernels::as_out(&mut ln),
+                    )
+                }),
             ),
             (
                 "layer norm weight gradient",
