@@ -26,18 +26,23 @@ use burn::tensor::DType;
 use burn::tensor::{Device, Tensor};
 use sliver_kernels::adamw::AdamWInputs;
 pub use sliver_kernels::adamw::AdamWStep;
+
+/// Target classes of a cross-entropy, one per row (shared, not a tensor: the kernel reads them
+/// on the host).
+pub type Targets = std::sync::Arc<[u32]>;
 use sliver_kernels::MatRef;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Kinds of kernel whose wall time [`kernel_times`] reports.
-const KINDS: [&str; 5] = ["GEMM", "attention", "GELU", "layer norm", "AdamW"];
+const KINDS: [&str; 6] = ["GEMM", "attention", "GELU", "layer norm", "AdamW", "cross-entropy"];
 const GEMM: usize = 0;
 const ATTENTION: usize = 1;
 const GELU: usize = 2;
 const LAYER_NORM: usize = 3;
 const OPTIMISER: usize = 4;
-static KERNEL_NS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+const CROSS_ENTROPY: usize = 5;
+static KERNEL_NS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
 /// Runs `f`, adding its wall time to kernel kind `kind`.
 fn timed<R>(kind: usize, f: impl FnOnce() -> R) -> R {
@@ -118,6 +123,26 @@ pub trait SliverOps: Backend {
         step: AdamWStep,
     ) -> FloatTensor<Self> {
         let _ = (p, g, m, v, step);
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
+    }
+
+    /// Mean cross-entropy of `logits` `[rows, classes]` against `targets` (one per row, each
+    /// below `classes`), fused with the softmax: a flat `[1 + rows x classes]` tensor holding
+    /// the loss, then the softmax probabilities that the backward pass uses. Only `flex` has
+    /// it (see [`fused_supported`]).
+    fn sliver_cross_entropy(logits: FloatTensor<Self>, targets: Targets) -> FloatTensor<Self> {
+        let _ = (logits, targets);
+        unimplemented!("no CPU kernel on this backend: check fused_supported")
+    }
+
+    /// The logits' gradient `(probs - onehot(targets)) dloss / rows`, `dloss` a one-element
+    /// tensor.
+    fn sliver_cross_entropy_backward(
+        probs: FloatTensor<Self>,
+        targets: Targets,
+        dloss: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let _ = (probs, targets, dloss);
         unimplemented!("no CPU kernel on this backend: check fused_supported")
     }
 
@@ -260,6 +285,42 @@ impl SliverOps for Flex {
             v: f32s(&v, "adamw second moment"),
         };
         new_f32(OPTIMISER, [3, n], |out| sliver_kernels::adamw::adamw_step(step, inputs, out))
+    }
+
+    fn sliver_cross_entropy(logits: FloatTensor<Self>, targets: Targets) -> FloatTensor<Self> {
+        let logits = contiguous(logits);
+        let n = logits.layout().shape().num_elements();
+        let v = n / targets.len().max(1);
+        new_f32(CROSS_ENTROPY, [1 + n], |out| {
+            let (loss, probs) = out.split_at_mut(1);
+            let l = sliver_kernels::xent::cross_entropy_forward(
+                f32s(&logits, "logits"),
+                &targets,
+                v,
+                probs,
+            );
+            loss[0].write(l);
+        })
+    }
+
+    fn sliver_cross_entropy_backward(
+        probs: FloatTensor<Self>,
+        targets: Targets,
+        dloss: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (probs, dloss) = (contiguous(probs), contiguous(dloss));
+        let n = probs.layout().shape().num_elements();
+        let rows = targets.len().max(1);
+        let scale = f32s(&dloss, "loss gradient")[0] / rows as f32;
+        new_f32(CROSS_ENTROPY, [rows, n / rows], |out| {
+            sliver_kernels::xent::cross_entropy_backward(
+                f32s(&probs, "probabilities"),
+                &targets,
+                n / rows,
+                scale,
+                out,
+            )
+        })
     }
 
     fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
@@ -581,6 +642,58 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
         ))
     }
 
+    fn sliver_cross_entropy(logits: FloatTensor<Self>, targets: Targets) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct CrossEntropyBackward;
+
+        impl<B: SliverOps> Backward<B, 1> for CrossEntropyBackward {
+            type State = (B::FloatTensorPrimitive, Targets);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (probs, targets) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |dloss| {
+                    B::sliver_cross_entropy_backward(probs, targets, dloss)
+                });
+            }
+        }
+
+        // The inner op returns [loss, probs...]; the node's output is the loss alone.
+        let split = |out: B::FloatTensorPrimitive| {
+            let n = out.shape().num_elements();
+            let loss = B::float_slice(out.clone(), &[burn::tensor::Slice::from(0..1)]);
+            let probs = B::float_slice(out, &[burn::tensor::Slice::from(1..n)]);
+            (loss, probs)
+        };
+        match CrossEntropyBackward.prepare::<C>([logits.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (loss, probs) =
+                    split(B::sliver_cross_entropy(logits.into_primitive(), targets.clone()));
+                prep.finish((probs, targets), loss)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (loss, _) = split(B::sliver_cross_entropy(logits.into_primitive(), targets));
+                prep.finish(loss)
+            }
+        }
+    }
+
+    fn sliver_cross_entropy_backward(
+        probs: FloatTensor<Self>,
+        targets: Targets,
+        dloss: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::sliver_cross_entropy_backward(
+            probs.into_primitive(),
+            targets,
+            dloss.into_primitive(),
+        ))
+    }
+
     fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AttentionBackward;
@@ -692,6 +805,18 @@ pub fn adamw(
     ));
     let row = |i| out.clone().narrow(0, i, 1).reshape([n]);
     (row(0), row(1), row(2))
+}
+
+/// Mean cross-entropy of `logits` `[rows, classes]` against `targets` (one per row, each below
+/// `classes`), fused with its softmax; a one-element tensor. Only where [`fused_supported`]
+/// says so.
+pub fn cross_entropy(logits: Tensor<2>, targets: Targets) -> Tensor<1> {
+    let out: Tensor<1> = Tensor::from_dispatch(<Dispatch as SliverOps>::sliver_cross_entropy(
+        logits.into_dispatch(),
+        targets,
+    ));
+    // Without autodiff the backend's output still carries the probabilities after the loss.
+    out.narrow(0, 0, 1)
 }
 
 /// The exact GELU of `x`, element-wise, through the fast path where there is one.
@@ -848,6 +973,35 @@ mod tests {
             v1.into_data().assert_approx_eq::<f32>(&v2.into_data(), tol);
             p1.into_data().assert_approx_eq::<f32>(&p2.into_data(), tol);
         }
+    }
+
+    #[test]
+    fn cross_entropy_and_its_gradient_match_burn() {
+        use burn::tensor::{Int, TensorData};
+        let dev = Device::flex().autodiff();
+        let (rows, v) = (50, 23);
+        let x0 = Tensor::<2>::random([rows, v], Distribution::Normal(0.0, 3.0), &dev);
+        let ids: Vec<i64> = (0..rows as i64).map(|r| (r * 7) % v as i64).collect();
+        let targets: Targets = ids.iter().map(|&i| i as u32).collect::<Vec<_>>().into();
+        let burn_loss = |x: Tensor<2>| {
+            let t = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [rows, 1]), &dev);
+            burn::tensor::activation::log_softmax(x, 1).gather(1, t).mean().neg()
+        };
+        let run = |fast: bool| {
+            let x = x0.clone().detach().require_grad();
+            let loss =
+                if fast { cross_entropy(x.clone(), targets.clone()) } else { burn_loss(x.clone()) };
+            let grads = loss.clone().mul_scalar(3.0).backward();
+            (loss.inner(), x.grad(&grads).unwrap())
+        };
+        let (l1, g1) = run(true);
+        let (l2, g2) = run(false);
+        let tol = Tolerance::<f32>::absolute(1e-5);
+        l1.into_data().assert_approx_eq::<f32>(&l2.into_data(), tol);
+        g1.into_data().assert_approx_eq::<f32>(&g2.into_data(), tol);
+        // Without autodiff (evaluation) the result is the loss alone.
+        let plain = cross_entropy(x0.inner(), targets);
+        assert_eq!(plain.dims(), [1]);
     }
 
     #[test]

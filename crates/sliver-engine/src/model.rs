@@ -503,6 +503,17 @@ impl Sliver {
 /// Mean cross-entropy of `logits` `[batch, seq, vocab]` against `targets` `[batch, seq]`.
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     let [b, t, v] = logits.dims();
+    if b * t > 0 && crate::fast::fused_supported(&logits.device()) {
+        let ids =
+            targets.clone().into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
+        let classes: Vec<u32> =
+            ids.iter().filter(|&&i| i >= 0 && (i as usize) < v).map(|&i| i as u32).collect();
+        // Ids outside the vocabulary (never produced by the engine's own data path) take
+        // Burn's operations below, whatever those make of them.
+        if classes.len() == b * t {
+            return crate::fast::cross_entropy(logits.reshape([b * t, v]), classes.into());
+        }
+    }
     let logp = log_softmax(logits.reshape([b * t, v]), 1);
     let picked = logp.gather(1, targets.reshape([b * t, 1]));
     picked.mean().neg()

@@ -23,6 +23,7 @@ pub mod gemm;
 pub mod layernorm;
 mod math;
 mod pool;
+pub mod xent;
 
 pub use gemm::{gemm, gemm_uninit, MatRef, ShapeError};
 
