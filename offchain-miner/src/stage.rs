@@ -313,7 +313,9 @@ impl Stage {
             let id = self.id_for(key);
             let input = SliverInput::Tokens(self.trainer.tokens(&tokens.inputs, batch, seq)?);
             let weights = self.weights_hash();
-            let out = tokio::task::block_in_place(|| self.trainer.forward(id, input))?;
+            let out = tokio::task::block_in_place(|| {
+                sliver_engine::on_compute_thread(|| self.trainer.forward(id, input))
+            })?;
             let payload = encode_tensor(self.cfg.codec, &out);
             match self.send(next, key, Direction::Activation, payload, weights).await {
                 Ok(()) => {
@@ -368,7 +370,9 @@ impl Stage {
             match decode_tensor(&frame.payload, shape, self.trainer.device()) {
                 Ok(g) => {
                     self.record_received(None, &frame);
-                    tokio::task::block_in_place(|| self.trainer.backward(id, g))?;
+                    tokio::task::block_in_place(|| {
+                        sliver_engine::on_compute_thread(|| self.trainer.backward(id, g))
+                    })?;
                     completed += 1;
                 }
                 Err(e) => {
@@ -428,7 +432,13 @@ impl Stage {
                     let weights = self.weights_hash();
                     self.record_received(weights, &frame);
                     let computed = tokio::task::block_in_place(|| {
-                        self.trainer.forward_backward_last(SliverInput::Hidden(x), targets, scale)
+                        sliver_engine::on_compute_thread(|| {
+                            self.trainer.forward_backward_last(
+                                SliverInput::Hidden(x),
+                                targets,
+                                scale,
+                            )
+                        })
                     });
                     // Activations that make the loss diverge are the sender's problem.
                     let (loss, grad) = match computed {
@@ -461,7 +471,9 @@ impl Stage {
                     let id = self.id_for(key);
                     let weights = self.weights_hash();
                     let computed = tokio::task::block_in_place(|| {
-                        self.trainer.forward(id, SliverInput::Hidden(x))
+                        sliver_engine::on_compute_thread(|| {
+                            self.trainer.forward(id, SliverInput::Hidden(x))
+                        })
                     });
                     // Too many micro-batches waiting for gradients, or a bad input: dropped.
                     let out = match computed {
@@ -507,8 +519,9 @@ impl Stage {
                         }
                     };
                 self.record_received(None, &frame);
-                if let Some(grad_in) = tokio::task::block_in_place(|| self.trainer.backward(id, g))?
-                {
+                if let Some(grad_in) = tokio::task::block_in_place(|| {
+                    sliver_engine::on_compute_thread(|| self.trainer.backward(id, g))
+                })? {
                     let payload = encode_tensor(self.cfg.codec, &grad_in);
                     if let Err(e) = self.send(origin, key, Direction::Gradient, payload, None).await
                     {
@@ -589,7 +602,9 @@ impl Stage {
                 1.0
             };
             let lr = self.cfg.lr.at(self.steps);
-            tokio::task::block_in_place(|| self.trainer.step(lr, factor));
+            tokio::task::block_in_place(|| {
+                sliver_engine::on_compute_thread(|| self.trainer.step(lr, factor))
+            });
             self.steps += 1;
             self.snapshot = None;
         }
