@@ -18,7 +18,7 @@
 //! thread count or on the instruction set the code was compiled for.
 
 use crate::gemm::Kernel;
-use crate::math::{combine, exp, vectorised, LANES};
+use crate::math::{combine, combine8, exp, vectorised, LANES};
 use crate::pool::chunks_mut;
 use crate::{as_out, write_all};
 use std::mem::MaybeUninit;
@@ -159,7 +159,7 @@ fn partial_sum(a: &[f32], b: Option<&[f32]>) -> f32 {
             }
         }
     }
-    ((part[0] + part[4]) + (part[2] + part[6])) + ((part[1] + part[5]) + (part[3] + part[7]))
+    combine8(part)
 }
 
 /// `dst[d * ld + j] = src[j * stride + d]` for `j < t`, `d < hd`: one head's keys or values
@@ -303,15 +303,7 @@ mod tests {
     use super::*;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        crate::testing::values(n, seed, 1.0)
     }
 
     /// Straightforward f64 attention over the same layout.

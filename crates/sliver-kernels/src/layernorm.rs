@@ -8,29 +8,12 @@
 //! combined in a fixed order, and the weight gradient adds the blocks' partial sums in block
 //! order, so no result depends on the thread count.
 
-use crate::math::vectorised;
+use crate::math::{lane_sum, vectorised};
 use crate::pool::chunks_mut;
 use std::mem::MaybeUninit;
 
 /// Rows per parallel task (also the blocks of the weight gradient's partial sums).
 const ROWS: usize = 32;
-
-/// `sum_i f(i)` over `0..n` as eight running partial sums (element `i` into lane `i % 8`)
-/// combined in a fixed order.
-#[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
-    let mut part = [0f32; 8];
-    let full = n / 8 * 8;
-    for i0 in (0..full).step_by(8) {
-        for l in 0..8 {
-            part[l] += f(i0 + l);
-        }
-    }
-    for i in full..n {
-        part[i - full] += f(i);
-    }
-    ((part[0] + part[4]) + (part[2] + part[6])) + ((part[1] + part[5]) + (part[3] + part[7]))
-}
 
 /// Mean and reciprocal standard deviation of one row.
 #[inline(always)]
@@ -144,15 +127,7 @@ mod tests {
     use super::*;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
+        crate::testing::values(n, seed, 2.0)
     }
 
     /// f64 layer norm of one row.

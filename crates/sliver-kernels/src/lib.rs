@@ -45,3 +45,20 @@ pub(crate) fn write_all(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
         d.write(s);
     }
 }
+
+/// Deterministic test inputs.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// `n` values uniform in `[-scale, scale)` from an xorshift stream keyed by `seed`.
+    pub(crate) fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+}

@@ -69,6 +69,30 @@ macro_rules! vectorised {
 }
 pub(crate) use vectorised;
 
+/// Eight partial sums combined in a fixed order (the same tree on every machine).
+#[inline(always)]
+pub(crate) fn combine8(p: [f32; 8]) -> f32 {
+    ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]))
+}
+
+/// `sum_i f(i)` over `0..n` as eight running partial sums (element `i` into lane `i % 8`)
+/// combined by [`combine8`]: vectorisable, and the same bits for any vector width.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // the lane index is the point
+pub(crate) fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut part = [0f32; 8];
+    let full = n / 8 * 8;
+    for i0 in (0..full).step_by(8) {
+        for l in 0..8 {
+            part[l] += f(i0 + l);
+        }
+    }
+    for i in full..n {
+        part[i - full] += f(i);
+    }
+    combine8(part)
+}
+
 /// Lanes of one AVX-512 register of f32; [`combine`] works in whole blocks of it.
 pub(crate) const LANES: usize = 16;
 

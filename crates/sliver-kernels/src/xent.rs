@@ -6,28 +6,12 @@
 //! fixed order and the mean adds the per-row losses in row order, so no result depends on the
 //! thread count.
 
-use crate::math::{exp, vectorised};
+use crate::math::{combine8, exp, lane_sum, vectorised};
 use crate::pool::{chunks_mut, Disjoint};
 use std::mem::MaybeUninit;
 
 /// Rows per parallel part.
 const ROWS: usize = 32;
-
-/// Sum of `v` as eight running partial sums combined in a fixed order.
-#[inline(always)]
-fn lane_sum(v: &[f32]) -> f32 {
-    let mut part = [0f32; 8];
-    let mut chunks = v.chunks_exact(8);
-    for c in &mut chunks {
-        for l in 0..8 {
-            part[l] += c[l];
-        }
-    }
-    for (l, &x) in chunks.remainder().iter().enumerate() {
-        part[l] += x;
-    }
-    ((part[0] + part[4]) + (part[2] + part[6])) + ((part[1] + part[5]) + (part[3] + part[7]))
-}
 
 /// Softmax of each row into `probs` and its loss `ln(sum e^x) - x[target]` into `losses`.
 #[inline(always)]
@@ -66,8 +50,7 @@ fn forward_rows(
             sum_parts[l] += el;
             p[i + l].write(el);
         }
-        let sum = ((sum_parts[0] + sum_parts[4]) + (sum_parts[2] + sum_parts[6]))
-            + ((sum_parts[1] + sum_parts[5]) + (sum_parts[3] + sum_parts[7]));
+        let sum = combine8(sum_parts);
         let inv = 1.0 / sum;
         for q in p.iter_mut() {
             // SAFETY: every element of this row was written above.
@@ -144,7 +127,7 @@ pub fn cross_entropy_forward(
         let l = unsafe { losses_parts.range(r.clone()) };
         forward_dispatch(&logits[r.start * v..r.end * v], &targets[r], v, p, l)
     });
-    lane_sum(&losses) / rows as f32
+    lane_sum(rows, |i| losses[i]) / rows as f32
 }
 
 /// `dlogits = (probs - onehot(targets)) * scale`; `scale` is the loss gradient over the row
@@ -170,15 +153,7 @@ mod tests {
     use crate::as_out;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
-            })
-            .collect()
+        crate::testing::values(n, seed, 4.0)
     }
 
     fn loss64(x: &[f32], targets: &[u32], v: usize) -> f64 {
