@@ -221,6 +221,7 @@ impl SliverOps for Flex {
         eps: f32,
     ) -> FloatTensor<Self> {
         let (x, w) = (contiguous(x), contiguous(w));
+        check_norm_width(&x, &w);
         new_f32(LAYER_NORM, x.layout().shape().clone(), |y| {
             sliver_kernels::layernorm::layer_norm_forward(
                 f32s(&x, "layer norm input"),
@@ -238,6 +239,7 @@ impl SliverOps for Flex {
         eps: f32,
     ) -> FloatTensor<Self> {
         let (x, w, dy) = (contiguous(x), contiguous(w), contiguous(dy));
+        check_norm_width(&x, &w);
         new_f32(LAYER_NORM, x.layout().shape().clone(), |dx| {
             sliver_kernels::layernorm::layer_norm_grad_input(
                 f32s(&x, "layer norm input"),
@@ -417,6 +419,16 @@ fn empty_f32(shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
     let shape = shape.into();
     let values = vec![0f32; shape.num_elements()];
     FlexTensor::new(burn::tensor::Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
+}
+
+/// A layer norm's weight must be as wide as the input's last dimension; the model builds both,
+/// so a mismatch is a bug and panics with the shapes.
+fn check_norm_width(x: &FlexTensor, w: &FlexTensor) {
+    let (dims, wd) = (x.layout().shape(), w.layout().shape());
+    assert!(
+        dims.num_dims() > 0 && wd.num_elements() == dims[dims.num_dims() - 1],
+        "layer norm: weight {wd:?} for input {dims:?}"
+    );
 }
 
 /// The elements of a dense f32 tensor; the model only passes f32 here, so another dtype is a

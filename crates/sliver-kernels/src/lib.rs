@@ -30,10 +30,11 @@ pub use gemm::{gemm, gemm_uninit, MatRef, ShapeError};
 use std::mem::MaybeUninit;
 
 /// Kernels write their results into `&mut [MaybeUninit<f32>]`, so a fresh output buffer needs no
-/// zero-filling; this views initialised values the same way (for callers that have them).
-pub fn as_out(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and kernels only write initialised
-    // values through the view.
+/// zero-filling; this views initialised values the same way, for this crate's own callers. (Not
+/// public: safe code could write `MaybeUninit::uninit()` through the view and then read it.)
+pub(crate) fn as_out(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and this crate's kernels only write
+    // initialised values through the view.
     unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 

@@ -15,7 +15,7 @@
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -33,9 +33,12 @@ struct Job {
     parts: usize,
     next: *const AtomicUsize,
     done: *const AtomicUsize,
-    panicked: *const AtomicBool,
+    panic: *const Mutex<Option<Payload>>,
     helpers: usize,
 }
+
+/// What a panicking part left, re-raised by the caller.
+type Payload = Box<dyn std::any::Any + Send>;
 
 // SAFETY: the pointees are `Sync` (atomics, a `Sync` closure) and stay alive while any helper
 // holds the job (the caller waits for `active` to reach zero before returning).
@@ -137,8 +140,14 @@ unsafe fn work(job: &Job) {
         if i >= job.parts {
             return;
         }
-        if catch_unwind(AssertUnwindSafe(|| task(i))).is_err() {
-            (*job.panicked).store(true, Ordering::SeqCst);
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(i))) {
+            // Keep the first payload for the caller; later ones are leaked rather than dropped
+            // here, where a panicking `Drop` would unwind past the bookkeeping below.
+            let mut first = (*job.panic).lock().unwrap_or_else(|e| e.into_inner());
+            match first.as_ref() {
+                None => *first = Some(payload),
+                Some(_) => std::mem::forget(payload),
+            }
         }
         done.fetch_add(1, Ordering::SeqCst);
     }
@@ -146,23 +155,26 @@ unsafe fn work(job: &Job) {
 
 /// Runs `task(i)` for every `i < parts`, split between the calling thread and up to
 /// `rayon::current_num_threads() - 1` helpers; returns when all parts are done. A panic in a
-/// part is re-raised here after the others finish.
+/// part is re-raised here (with its payload) after the others finish.
 pub(crate) fn run(parts: usize, task: &(dyn Fn(usize) + Sync)) {
     let threads = rayon::current_num_threads().min(parts);
-    let pool = pool();
-    let busy = match pool.busy.try_lock() {
-        Ok(guard) => Some(guard),
-        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-        Err(TryLockError::WouldBlock) => None,
-    };
-    if threads <= 1 || busy.is_none() {
+    if threads <= 1 {
         (0..parts).for_each(task);
         return;
     }
+    let pool = pool();
+    let busy = match pool.busy.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(TryLockError::WouldBlock) => {
+            (0..parts).for_each(task);
+            return;
+        }
+    };
     pool.ensure_helpers(threads - 1);
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let panicked = AtomicBool::new(false);
+    let panic = Mutex::new(None);
     // SAFETY: only the lifetime is erased; the job is withdrawn and every helper has left it
     // before this function returns, so the closure is never used after its lifetime.
     let task_ptr: *const (dyn Fn(usize) + Sync + 'static) =
@@ -172,7 +184,7 @@ pub(crate) fn run(parts: usize, task: &(dyn Fn(usize) + Sync)) {
         parts,
         next: &next,
         done: &done,
-        panicked: &panicked,
+        panic: &panic,
         helpers: threads - 1,
     };
     *pool.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
@@ -184,16 +196,25 @@ pub(crate) fn run(parts: usize, task: &(dyn Fn(usize) + Sync)) {
     }
     // SAFETY: the pointees are the locals above, alive until the end of this function.
     unsafe { work(&job) };
-    while done.load(Ordering::SeqCst) < parts {
-        std::hint::spin_loop();
-    }
+    // Parts still running on helpers are short; yield now and then in case a helper was
+    // descheduled.
+    let wait = |done: &dyn Fn() -> bool| {
+        let mut spins = 0u32;
+        while !done() {
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    };
+    wait(&|| done.load(Ordering::SeqCst) >= parts);
     *pool.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    while pool.active.load(Ordering::SeqCst) > 0 {
-        std::hint::spin_loop();
-    }
+    wait(&|| pool.active.load(Ordering::SeqCst) == 0);
     drop(busy);
-    if panicked.load(Ordering::SeqCst) {
-        panic!("a kernel part panicked on a helper thread");
+    if let Some(payload) = panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        std::panic::resume_unwind(payload);
     }
 }
 
@@ -303,7 +324,9 @@ mod tests {
                 })
             })
         });
-        assert!(result.is_err());
+        // The part's own payload reaches the caller, whichever thread ran part 9.
+        let payload = result.expect_err("the panic is re-raised");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"part 9"));
         // The pool still works afterwards.
         let n = AtomicUsize::new(0);
         pool.install(|| {

@@ -2,9 +2,11 @@
 //! backward pass, which is then one pass: `dlogits = (softmax - onehot(target)) * scale`.
 //!
 //! A decomposed `log_softmax` plus `gather` plus `mean` costs about six passes forward and as
-//! many backward. Rows are split across threads; each row's sums are eight lane partials in a
-//! fixed order and the mean adds the per-row losses in row order, so no result depends on the
-//! thread count.
+//! many backward. Rows are split across threads; each row's sums, and the mean over the per-row
+//! losses, are eight lane partials combined in a fixed order, so no result depends on the
+//! thread count. The gradient is also the same bits on every CPU; the loss value goes through
+//! the platform's `ln` (`logf`), which need not be correctly rounded, so it may differ in the
+//! last place between machines (it is reported, never trained on).
 
 use crate::math::{combine8, exp, lane_sum, vectorised};
 use crate::pool::{chunks_mut, Disjoint};

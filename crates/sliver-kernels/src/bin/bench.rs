@@ -4,6 +4,7 @@
 //! GELU) per call.
 use sliver_kernels::attention::{self, AttnShape};
 use sliver_kernels::{gelu, gemm, layernorm, MatRef};
+use std::mem::MaybeUninit;
 use std::time::Instant;
 
 fn main() {
@@ -57,12 +58,12 @@ fn other_kernels() {
     let dy: Vec<f32> = (0..s.out_len()).map(|i| ((i * 5) % 11) as f32 * 0.01 - 0.05).collect();
     let mut probs = vec![0f32; s.probs_len()];
     let mut y = vec![0f32; s.out_len()];
-    let mut dqkv = vec![0f32; s.qkv_len()];
+    let mut dqkv = vec![MaybeUninit::new(0f32); s.qkv_len()];
     let n = 768 * 512;
     let x: Vec<f32> = (0..n).map(|i| ((i * 7) % 101) as f32 * 0.06 - 3.0).collect();
     let g: Vec<f32> = (0..n).map(|i| ((i * 3) % 17) as f32 * 0.1 - 0.8).collect();
-    let mut out = vec![0f32; n];
-    let mut out2 = vec![0f32; n];
+    let mut out = vec![MaybeUninit::new(0f32); n];
+    let mut out2 = vec![MaybeUninit::new(0f32); n];
     println!();
     println!("| kernel (nanoGPT step shapes) | threads | ms per call |");
     println!("|---|---|---|");
@@ -70,7 +71,7 @@ fn other_kernels() {
         let xs = &x[..768 * 128];
         let gs = &g[..768 * 128];
         let w: Vec<f32> = (0..128).map(|i| 1.0 + i as f32 * 0.001).collect();
-        let mut ln = vec![0f32; 768 * 128];
+        let mut ln = vec![MaybeUninit::new(0f32); 768 * 128];
         let mut dw = vec![0f32; 128];
         let rows: [(&str, f64); 7] = [
             (
@@ -82,40 +83,18 @@ fn other_kernels() {
             (
                 "attention backward",
                 time_ms(threads, || {
-                    attention::causal_attention_backward(
-                        s,
-                        &qkv,
-                        &probs,
-                        &dy,
-                        sliver_kernels::as_out(&mut dqkv),
-                    )
+                    attention::causal_attention_backward(s, &qkv, &probs, &dy, &mut dqkv)
                 }),
             ),
-            (
-                "gelu forward 768x512",
-                time_ms(threads, || gelu::gelu_forward(&x, sliver_kernels::as_out(&mut out))),
-            ),
-            (
-                "gelu backward 768x512",
-                time_ms(threads, || gelu::gelu_backward(&x, &g, sliver_kernels::as_out(&mut out2))),
-            ),
+            ("gelu forward 768x512", time_ms(threads, || gelu::gelu_forward(&x, &mut out))),
+            ("gelu backward 768x512", time_ms(threads, || gelu::gelu_backward(&x, &g, &mut out2))),
             (
                 "layer norm forward 768x128",
-                time_ms(threads, || {
-                    layernorm::layer_norm_forward(xs, &w, 1e-5, sliver_kernels::as_out(&mut ln))
-                }),
+                time_ms(threads, || layernorm::layer_norm_forward(xs, &w, 1e-5, &mut ln)),
             ),
             (
                 "layer norm input gradient",
-                time_ms(threads, || {
-                    layernorm::layer_norm_grad_input(
-                        xs,
-                        &w,
-                        gs,
-                        1e-5,
-                        sliver_kernels::as_out(&mut ln),
-                    )
-                }),
+                time_ms(threads, || layernorm::layer_norm_grad_input(xs, &w, gs, 1e-5, &mut ln)),
             ),
             (
                 "layer norm weight gradient",
