@@ -383,7 +383,7 @@ fn attn_shape(qkv: &FlexTensor, heads: usize) -> sliver_kernels::attention::Attn
         qkv.dtype() == DType::F32
             && dims.num_dims() == 3
             && heads > 0
-            && dims[2] % (3 * heads) == 0,
+            && dims[2].is_multiple_of(3 * heads),
         "attention: {:?} {:?} is not an f32 [batch, seq, 3 x {heads} heads x head width] projection",
         qkv.dtype(),
         dims

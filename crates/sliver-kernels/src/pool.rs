@@ -202,7 +202,7 @@ pub(crate) fn run(parts: usize, task: &(dyn Fn(usize) + Sync)) {
         let mut spins = 0u32;
         while !done() {
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
