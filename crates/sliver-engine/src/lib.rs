@@ -15,6 +15,10 @@
 //! - [`checkpoint`]: safetensors files with GPT-2 names; assembling a model from slivers.
 //! - [`generate`]: text from a checkpoint.
 //! - [`optim`]: AdamW, learning-rate schedule, global-norm clipping.
+//! - [`fast`]: the CPU kernels of `sliver-kernels` as a Burn backend extension with their own
+//!   backward passes (GEMM, attention, GELU, layer norm, cross-entropy, AdamW).
+//! - [`alloc`]: the allocator setup of processes that train; [`on_compute_thread`] runs
+//!   training calls on rayon's pool.
 //!
 //! Design notes and measured results: `docs/engine.md`.
 

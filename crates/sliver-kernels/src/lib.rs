@@ -2,16 +2,21 @@
 //!
 //! Burn's `flex` backend spends most of a small transformer's training step in matrix
 //! products whose shapes (hundreds of rows, K of 128 to 768) its general-purpose GEMM handles
-//! at about 40 GFLOP/s per core on this project's reference machine. [`gemm`] is a packed,
-//! register-blocked f32 product written for those shapes: an AVX-512 micro-kernel where the CPU
-//! has one, and a portable kernel everywhere else that computes **the same bits**: every output
-//! element is one fused multiply-add chain over `k` in increasing order, whatever the kernel,
-//! the tile it falls in or the number of threads. Validators that replay a miner's work on other
-//! hardware rely on that.
+//! at about 40 GFLOP/s per core on this project's reference machine, and much of the rest in
+//! element-wise passes that a fused kernel does in one. This crate holds those kernels:
 //!
-//! [`gelu`] holds the exact (erf) GELU and its derivative as single passes with a vectorisable
-//! erf, in place of the several element-wise passes and the scalar `erff` a decomposed GELU
-//! costs.
+//! - [`gemm`]: register-blocked f32 product (AVX-512 micro-kernel, portable elsewhere) reading
+//!   its operands in place through their strides.
+//! - [`attention`]: causal attention from the fused QKV projection, and its backward pass.
+//! - [`gelu`], [`layernorm`], [`xent`] (cross-entropy with its softmax), [`adamw`]: one pass
+//!   each way instead of several.
+//!
+//! Every kernel computes **the same bits** whatever the CPU (the portable path and the AVX-512
+//! one), the tile or part an element falls in, and the number of threads: products are fused
+//! multiply-add chains in a fixed order, sums are lane partials combined in a fixed tree.
+//! Validators that replay a miner's work on other hardware rely on that. Outputs are written
+//! into `&mut [MaybeUninit<f32>]`, so callers need not zero-fill fresh buffers. Parts run on
+//! a small spinning fork-join pool sized by rayon's thread count (`pool`).
 //!
 //! The engine wires these into Burn as a backend extension (`sliver_engine::fast`); this crate
 //! knows only slices.
