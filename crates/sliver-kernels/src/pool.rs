@@ -20,8 +20,23 @@ use std::sync::{Mutex, OnceLock, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// How long a helper keeps polling for the next job before it parks.
+/// How long a helper keeps polling for the next job before it parks, unless the environment
+/// variable `SLIVER_KERNEL_SPIN_MS` says otherwise (0 parks at once: for machines shared with
+/// other work, at the price of a wake-up per kernel).
 const SPIN: Duration = Duration::from_millis(5);
+
+/// The polling time in force (read once).
+fn spin() -> Duration {
+    static SPIN_TIME: OnceLock<Duration> = OnceLock::new();
+    *SPIN_TIME.get_or_init(|| {
+        std::env::var("SLIVER_KERNEL_SPIN_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|ms| Duration::from_millis(ms.min(1000)))
+            .unwrap_or(SPIN)
+    })
+}
+
 /// Upper bound on helper threads.
 const MAX_HELPERS: usize = 63;
 
@@ -97,7 +112,7 @@ impl Pool {
                     seen = g;
                     break;
                 }
-                if since.elapsed() < SPIN {
+                if since.elapsed() < spin() {
                     std::hint::spin_loop();
                     std::thread::yield_now();
                     continue;
