@@ -313,9 +313,7 @@ impl Stage {
             let id = self.id_for(key);
             let input = SliverInput::Tokens(self.trainer.tokens(&tokens.inputs, batch, seq)?);
             let weights = self.weights_hash();
-            let out = tokio::task::block_in_place(|| {
-                sliver_engine::on_compute_thread(|| self.trainer.forward(id, input))
-            })?;
+            let out = compute(|| self.trainer.forward(id, input))?;
             let payload = encode_tensor(self.cfg.codec, &out);
             match self.send(next, key, Direction::Activation, payload, weights).await {
                 Ok(()) => {
@@ -370,9 +368,7 @@ impl Stage {
             match decode_tensor(&frame.payload, shape, self.trainer.device()) {
                 Ok(g) => {
                     self.record_received(None, &frame);
-                    tokio::task::block_in_place(|| {
-                        sliver_engine::on_compute_thread(|| self.trainer.backward(id, g))
-                    })?;
+                    compute(|| self.trainer.backward(id, g))?;
                     completed += 1;
                 }
                 Err(e) => {
@@ -431,14 +427,8 @@ impl Stage {
                     let scale = 1.0 / self.cfg.micro_batches.max(1) as f32;
                     let weights = self.weights_hash();
                     self.record_received(weights, &frame);
-                    let computed = tokio::task::block_in_place(|| {
-                        sliver_engine::on_compute_thread(|| {
-                            self.trainer.forward_backward_last(
-                                SliverInput::Hidden(x),
-                                targets,
-                                scale,
-                            )
-                        })
+                    let computed = compute(|| {
+                        self.trainer.forward_backward_last(SliverInput::Hidden(x), targets, scale)
                     });
                     // Activations that make the loss diverge are the sender's problem.
                     let (loss, grad) = match computed {
@@ -470,11 +460,7 @@ impl Stage {
                     }
                     let id = self.id_for(key);
                     let weights = self.weights_hash();
-                    let computed = tokio::task::block_in_place(|| {
-                        sliver_engine::on_compute_thread(|| {
-                            self.trainer.forward(id, SliverInput::Hidden(x))
-                        })
-                    });
+                    let computed = compute(|| self.trainer.forward(id, SliverInput::Hidden(x)));
                     // Too many micro-batches waiting for gradients, or a bad input: dropped.
                     let out = match computed {
                         Ok(out) => out,
@@ -519,9 +505,7 @@ impl Stage {
                         }
                     };
                 self.record_received(None, &frame);
-                if let Some(grad_in) = tokio::task::block_in_place(|| {
-                    sliver_engine::on_compute_thread(|| self.trainer.backward(id, g))
-                })? {
+                if let Some(grad_in) = compute(|| self.trainer.backward(id, g))? {
                     let payload = encode_tensor(self.cfg.codec, &grad_in);
                     if let Err(e) = self.send(origin, key, Direction::Gradient, payload, None).await
                     {
@@ -602,9 +586,7 @@ impl Stage {
                 1.0
             };
             let lr = self.cfg.lr.at(self.steps);
-            tokio::task::block_in_place(|| {
-                sliver_engine::on_compute_thread(|| self.trainer.step(lr, factor))
-            });
+            compute(|| self.trainer.step(lr, factor));
             self.steps += 1;
             self.snapshot = None;
         }
@@ -617,4 +599,10 @@ impl Stage {
         self.counters.dropped += dropped;
         StepReport { steps: self.steps, completed, dropped, loss, tokens, interrupted: false }
     }
+}
+
+/// Runs a training call from async code: off the tokio worker (`block_in_place`) and on
+/// rayon's pool (`sliver_engine::on_compute_thread`), where Burn's parallel operations run.
+fn compute<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    tokio::task::block_in_place(|| sliver_engine::on_compute_thread(f))
 }

@@ -62,6 +62,11 @@ pub fn kernel_times() -> Vec<(&'static str, f64)> {
         .collect()
 }
 
+/// The default body of the operations only `flex` has: callers check [`fused_supported`] first.
+fn no_kernel() -> ! {
+    unimplemented!("no CPU kernel on this backend: check fused_supported")
+}
+
 /// The engine's backend extension: operations with a fast CPU path and a custom backward pass.
 #[backend_extension(Flex, Autodiff, Cube: cfg(feature = "cube"))]
 pub trait SliverOps: Backend {
@@ -88,7 +93,7 @@ pub trait SliverOps: Backend {
         eps: f32,
     ) -> FloatTensor<Self> {
         let _ = (x, w, eps);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 
     /// The input gradient of [`SliverOps::sliver_layer_norm`] given the output's, `dy`.
@@ -99,7 +104,7 @@ pub trait SliverOps: Backend {
         eps: f32,
     ) -> FloatTensor<Self> {
         let _ = (x, w, dy, eps);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 
     /// The weight gradient of [`SliverOps::sliver_layer_norm`] given the output's, `dy`.
@@ -109,7 +114,7 @@ pub trait SliverOps: Backend {
         eps: f32,
     ) -> FloatTensor<Self> {
         let _ = (x, dy, eps);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 
     /// One AdamW update of a flat parameter `p` with gradient `g` and moments `m`, `v`: the
@@ -123,7 +128,7 @@ pub trait SliverOps: Backend {
         step: AdamWStep,
     ) -> FloatTensor<Self> {
         let _ = (p, g, m, v, step);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 
     /// Mean cross-entropy of `logits` `[rows, classes]` against `targets` (one per row, each
@@ -132,7 +137,7 @@ pub trait SliverOps: Backend {
     /// it (see [`fused_supported`]).
     fn sliver_cross_entropy(logits: FloatTensor<Self>, targets: Targets) -> FloatTensor<Self> {
         let _ = (logits, targets);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 
     /// The logits' gradient `(probs - onehot(targets)) dloss / rows`, `dloss` a one-element
@@ -143,7 +148,7 @@ pub trait SliverOps: Backend {
         dloss: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let _ = (probs, targets, dloss);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 
     /// Causal self-attention from the fused projection `[batch, seq, 3 width]` to the
@@ -151,13 +156,13 @@ pub trait SliverOps: Backend {
     /// [`fused_supported`] and take Burn's attention elsewhere.
     fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         let _ = (qkv, heads);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 
     /// The probabilities `[batch, heads, seq, seq]` of [`SliverOps::sliver_attention`].
     fn sliver_attention_probs(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         let _ = (qkv, heads);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 
     /// The output `probs v` of [`SliverOps::sliver_attention`].
@@ -167,7 +172,7 @@ pub trait SliverOps: Backend {
         heads: usize,
     ) -> FloatTensor<Self> {
         let _ = (qkv, probs, heads);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 
     /// The projection's gradient given the output's, `dy`.
@@ -178,7 +183,7 @@ pub trait SliverOps: Backend {
         heads: usize,
     ) -> FloatTensor<Self> {
         let _ = (qkv, probs, dy, heads);
-        unimplemented!("no CPU kernel on this backend: check fused_supported")
+        no_kernel()
     }
 }
 
@@ -259,16 +264,14 @@ impl SliverOps for Flex {
         let (x, dy) = (contiguous(x), contiguous(dy));
         let dims = x.layout().shape();
         let d = dims[dims.num_dims() - 1];
-        let mut dw = empty_f32([d]);
-        timed(LAYER_NORM, || {
+        new_f32(LAYER_NORM, [d], |dw| {
             sliver_kernels::layernorm::layer_norm_grad_weight(
                 f32s(&x, "layer norm input"),
                 f32s(&dy, "layer norm gradient"),
                 eps,
-                dw.storage_mut::<f32>(),
+                dw,
             )
-        });
-        dw
+        })
     }
 
     fn sliver_adamw(
@@ -397,7 +400,9 @@ fn attn_shape(qkv: &FlexTensor, heads: usize) -> sliver_kernels::attention::Attn
 }
 
 /// A dense f32 tensor of `shape` whose every value `fill` writes (timed as kernel `kind`),
-/// allocated as `f32`s without zero-filling first.
+/// allocated as `f32`s without zero-filling first. (flex's own `FlexTensor::empty` zero-fills a
+/// byte vector, whose alignment of 1 then makes `Bytes` copy it into an aligned allocation:
+/// twice the memory traffic.)
 fn new_f32(
     kind: usize,
     shape: impl Into<burn::tensor::Shape>,
@@ -409,15 +414,6 @@ fn new_f32(
     timed(kind, || fill(&mut values.spare_capacity_mut()[..n]));
     // SAFETY: every kernel passed as `fill` writes all of its output (their contract).
     unsafe { values.set_len(n) };
-    FlexTensor::new(burn::tensor::Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
-}
-
-/// A zeroed dense f32 tensor of `shape`, allocated as `f32`s. (flex's own `FlexTensor::empty`
-/// zero-fills a byte vector, whose alignment of 1 then makes `Bytes` copy it into an aligned
-/// allocation: twice the memory traffic.)
-fn empty_f32(shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
-    let shape = shape.into();
-    let values = vec![0f32; shape.num_elements()];
     FlexTensor::new(burn::tensor::Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
 }
 
@@ -476,7 +472,33 @@ fn flex_matmul(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
     }))
 }
 
+/// Autodiff versions of operations that are never differentiated themselves (backward passes,
+/// the optimiser, the halves of attention): the inner backend's result, no graph recorded.
+/// Arguments marked `T` are float tensors, the others pass through as they are.
+macro_rules! untracked {
+    ($(fn $name:ident($($arg:ident: $kind:tt),*);)*) => {$(
+        fn $name($($arg: untracked!(@ty $kind)),*) -> FloatTensor<Self> {
+            <Self as AutodiffBackend>::from_inner(B::$name($(untracked!(@val $kind $arg)),*))
+        }
+    )*};
+    (@ty T) => { FloatTensor<Self> };
+    (@ty $t:ty) => { $t };
+    (@val T $arg:ident) => { $arg.into_primitive() };
+    (@val $t:tt $arg:ident) => { $arg };
+}
+
 impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
+    untracked! {
+        fn sliver_gelu_backward(x: T, grad: T);
+        fn sliver_layer_norm_grad_input(x: T, w: T, dy: T, eps: f32);
+        fn sliver_layer_norm_grad_weight(x: T, dy: T, eps: f32);
+        fn sliver_adamw(p: T, g: T, m: T, v: T, step: AdamWStep);
+        fn sliver_cross_entropy_backward(probs: T, targets: Targets, dloss: T);
+        fn sliver_attention_probs(qkv: T, heads: usize);
+        fn sliver_attention_apply(qkv: T, probs: T, heads: usize);
+        fn sliver_attention_backward(qkv: T, probs: T, dy: T, heads: usize);
+    }
+
     fn sliver_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct MatmulBackward;
@@ -556,15 +578,6 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
         }
     }
 
-    fn sliver_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        // Only reached when a gradient is itself differentiated, which training never does:
-        // compute the value without recording a graph.
-        <Self as AutodiffBackend>::from_inner(B::sliver_gelu_backward(
-            x.into_primitive(),
-            grad.into_primitive(),
-        ))
-    }
-
     fn sliver_layer_norm(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -611,49 +624,6 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
         }
     }
 
-    fn sliver_layer_norm_grad_input(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::sliver_layer_norm_grad_input(
-            x.into_primitive(),
-            w.into_primitive(),
-            dy.into_primitive(),
-            eps,
-        ))
-    }
-
-    fn sliver_layer_norm_grad_weight(
-        x: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        eps: f32,
-    ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::sliver_layer_norm_grad_weight(
-            x.into_primitive(),
-            dy.into_primitive(),
-            eps,
-        ))
-    }
-
-    fn sliver_adamw(
-        p: FloatTensor<Self>,
-        g: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        step: AdamWStep,
-    ) -> FloatTensor<Self> {
-        // Optimiser state is never differentiated.
-        <Self as AutodiffBackend>::from_inner(B::sliver_adamw(
-            p.into_primitive(),
-            g.into_primitive(),
-            m.into_primitive(),
-            v.into_primitive(),
-            step,
-        ))
-    }
-
     fn sliver_cross_entropy(logits: FloatTensor<Self>, targets: Targets) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct CrossEntropyBackward;
@@ -694,18 +664,6 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
         }
     }
 
-    fn sliver_cross_entropy_backward(
-        probs: FloatTensor<Self>,
-        targets: Targets,
-        dloss: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::sliver_cross_entropy_backward(
-            probs.into_primitive(),
-            targets,
-            dloss.into_primitive(),
-        ))
-    }
-
     fn sliver_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct AttentionBackward;
@@ -739,39 +697,6 @@ impl<B: SliverOps, C: CheckpointStrategy> SliverOps for Autodiff<B, C> {
                 prep.finish(B::sliver_attention(qkv.into_primitive(), heads))
             }
         }
-    }
-
-    fn sliver_attention_probs(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::sliver_attention_probs(
-            qkv.into_primitive(),
-            heads,
-        ))
-    }
-
-    fn sliver_attention_apply(
-        qkv: FloatTensor<Self>,
-        probs: FloatTensor<Self>,
-        heads: usize,
-    ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::sliver_attention_apply(
-            qkv.into_primitive(),
-            probs.into_primitive(),
-            heads,
-        ))
-    }
-
-    fn sliver_attention_backward(
-        qkv: FloatTensor<Self>,
-        probs: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        heads: usize,
-    ) -> FloatTensor<Self> {
-        <Self as AutodiffBackend>::from_inner(B::sliver_attention_backward(
-            qkv.into_primitive(),
-            probs.into_primitive(),
-            dy.into_primitive(),
-            heads,
-        ))
     }
 }
 

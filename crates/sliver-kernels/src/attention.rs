@@ -57,6 +57,12 @@ impl AttnShape {
     pub fn probs_len(&self) -> usize {
         self.batch * self.heads * self.seq * self.seq
     }
+
+    /// Batch row `b` of a batch-major array (the projection, probabilities or output).
+    fn row<'a>(&self, data: &'a [f32], b: usize) -> &'a [f32] {
+        let n = data.len() / self.batch;
+        &data[b * n..(b + 1) * n]
+    }
 }
 
 /// Forward pass: `probs` receives the attention probabilities (zero above the diagonal) and
@@ -74,10 +80,7 @@ pub fn causal_attention_probs(s: AttnShape, qkv: &[f32], probs: &mut [MaybeUnini
     if probs.is_empty() {
         return;
     }
-    let (t, c) = (s.seq, s.width());
-    chunks_mut(probs, s.heads * t * t, |b, p| {
-        dispatch_forward(s, &qkv[b * t * 3 * c..(b + 1) * t * 3 * c], p)
-    });
+    chunks_mut(probs, s.heads * s.seq * s.seq, |b, p| dispatch_forward(s, s.row(qkv, b), p));
 }
 
 /// Second half of the forward pass: `y = probs v`, heads merged into `[batch, seq, width]`.
@@ -93,12 +96,7 @@ pub fn causal_attention_apply(
     if y.is_empty() {
         return;
     }
-    let (t, c) = (s.seq, s.width());
-    let pl = s.heads * t * t;
-    chunks_mut(y, t * c, |b, y| {
-        let qkv = &qkv[b * t * 3 * c..(b + 1) * t * 3 * c];
-        dispatch_apply(s, qkv, &probs[b * pl..(b + 1) * pl], y)
-    });
+    chunks_mut(y, s.seq * s.width(), |b, y| dispatch_apply(s, s.row(qkv, b), s.row(probs, b), y));
 }
 
 /// Backward pass: `dqkv` receives the gradient of the projection given the output gradient
@@ -117,12 +115,8 @@ pub fn causal_attention_backward(
     if s.out_len() == 0 {
         return;
     }
-    let (t, c) = (s.seq, s.width());
-    let pl = s.heads * t * t;
-    chunks_mut(dqkv, t * 3 * c, |b, dqkv| {
-        let qkv = &qkv[b * t * 3 * c..(b + 1) * t * 3 * c];
-        let p = &probs[b * pl..(b + 1) * pl];
-        dispatch_backward(s, qkv, p, &dy[b * t * c..(b + 1) * t * c], dqkv)
+    chunks_mut(dqkv, s.seq * 3 * s.width(), |b, dqkv| {
+        dispatch_backward(s, s.row(qkv, b), s.row(probs, b), s.row(dy, b), dqkv)
     });
 }
 

@@ -24,8 +24,7 @@ fn stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn check(x: &[f32], w: &[f32], other: usize) {
-    let d = w.len();
+fn check(x: &[f32], d: usize, other: usize) {
     assert!(d > 0 && x.len().is_multiple_of(d), "layer norm: x is not rows of {d}");
     assert_eq!(x.len(), other, "layer norm: lengths");
 }
@@ -79,7 +78,7 @@ vectorised!(
 
 /// `y = (x - mean) rstd w` row by row, rows of `w.len()` values.
 pub fn layer_norm_forward(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>]) {
-    check(x, w, y.len());
+    check(x, w.len(), y.len());
     let d = w.len();
     chunks_mut(y, ROWS * d, |i, y| {
         forward_dispatch(&x[i * ROWS * d..i * ROWS * d + y.len()], w, eps, y)
@@ -95,8 +94,8 @@ pub fn layer_norm_grad_input(
     eps: f32,
     dx: &mut [MaybeUninit<f32>],
 ) {
-    check(x, w, dy.len());
-    check(x, w, dx.len());
+    check(x, w.len(), dy.len());
+    check(x, w.len(), dx.len());
     let d = w.len();
     chunks_mut(dx, ROWS * d, |i, dx| {
         let r = i * ROWS * d..i * ROWS * d + dx.len();
@@ -105,20 +104,17 @@ pub fn layer_norm_grad_input(
 }
 
 /// The weight gradient `dw = sum over rows of dy x̂`, rows of `dw.len()` values.
-pub fn layer_norm_grad_weight(x: &[f32], dy: &[f32], eps: f32, dw: &mut [f32]) {
-    check(x, dw, dy.len());
+pub fn layer_norm_grad_weight(x: &[f32], dy: &[f32], eps: f32, dw: &mut [MaybeUninit<f32>]) {
     let d = dw.len();
+    check(x, d, dy.len());
     let rows = x.len() / d;
     let mut partials = vec![0f32; rows.div_ceil(ROWS) * d];
     chunks_mut(&mut partials, d, |i, acc| {
         let r = i * ROWS * d..((i + 1) * ROWS * d).min(x.len());
         grad_weight_dispatch(&x[r.clone()], &dy[r], eps, acc)
     });
-    dw.fill(0.0);
-    for p in partials.chunks_exact(d) {
-        for (a, &v) in dw.iter_mut().zip(p) {
-            *a += v;
-        }
+    for (j, out) in dw.iter_mut().enumerate() {
+        out.write(partials.chunks_exact(d).fold(0.0, |a, p| a + p[j]));
     }
 }
 
@@ -162,7 +158,7 @@ mod tests {
         let mut dx = vec![f32::NAN; rows * d];
         layer_norm_grad_input(&x, &w, &g, eps, crate::as_out(&mut dx));
         let mut dw = vec![f32::NAN; d];
-        layer_norm_grad_weight(&x, &g, eps, &mut dw);
+        layer_norm_grad_weight(&x, &g, eps, crate::as_out(&mut dw));
         let h = 1e-3f32;
         for i in 0..rows * d {
             let (mut p, mut m) = (x.clone(), x.clone());
@@ -194,7 +190,7 @@ mod tests {
                 let mut dw = vec![0f32; d];
                 layer_norm_forward(&x, &w, 1e-5, crate::as_out(&mut y));
                 layer_norm_grad_input(&x, &w, &g, 1e-5, crate::as_out(&mut dx));
-                layer_norm_grad_weight(&x, &g, 1e-5, &mut dw);
+                layer_norm_grad_weight(&x, &g, 1e-5, crate::as_out(&mut dw));
                 [y, dx, dw].concat()
             })
         };

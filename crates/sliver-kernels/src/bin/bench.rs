@@ -72,7 +72,7 @@ fn other_kernels() {
         let gs = &g[..768 * 128];
         let w: Vec<f32> = (0..128).map(|i| 1.0 + i as f32 * 0.001).collect();
         let mut ln = vec![MaybeUninit::new(0f32); 768 * 128];
-        let mut dw = vec![0f32; 128];
+        let mut dw = vec![MaybeUninit::new(0f32); 128];
         let rows: [(&str, f64); 7] = [
             (
                 "attention forward 12x64, 4 heads of 32",
