@@ -15,8 +15,15 @@
 //! starting with `SLVA1`, then entries `[b'W'][len u32][weights]` and
 //! `[b'F'][has weights u8][weights hash 32?][header len u16][header][receipt len u16][receipt]
 //! [payload len u32][payload]` (little-endian). The index lives in memory and is rebuilt from the
-//! files when the miner restarts; a torn last entry (the process was killed mid-write) is cut
-//! off. Epochs older than the previous one are deleted at each boundary. A restarted miner
+//! files when the miner restarts, by streaming each file (headers and receipts are read,
+//! payloads skipped, snapshots hashed in chunks: memory stays bounded whatever the file's
+//! size); a torn last entry (the process was killed mid-write) is cut off.
+//!
+//! Only frames the stage accepted from the neighbours the chain assigned it enter the log (the
+//! stage records after its gate and its own checks), so a stranger cannot fill the budget.
+//! Audits are answered to registered validators only (the transport refuses the others), at
+//! most [`MAX_CONCURRENT`] at once, and the blobs they publish go to the transport's audit
+//! store, apart from the pseudo-gradients and weights replicas fetch. Epochs older than the previous one are deleted at each boundary. A restarted miner
 //! starts the log of its current epoch afresh, because its step numbers start again from zero;
 //! the previous epoch's log stays answerable.
 //!
@@ -28,16 +35,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use sliver_p2p::{AuditAnswer, AuditQuery, AuditRequest, AuditedFrame, Client, FrameHeader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::telemetry::{Event, Telemetry};
 
 const MAGIC: &[u8; 5] = b"SLVA1";
+/// Audits answered at once at most; more wait in the transport's queue (then "busy").
+pub const MAX_CONCURRENT: usize = 2;
 /// Longest receipt kept (a `Reply::Accepted` encoding is about 110 bytes for ed25519).
 const MAX_RECEIPT: usize = 4096;
 
@@ -316,12 +326,13 @@ impl EpochLog {
         })
     }
 
-    /// Reads a log an earlier process wrote, cutting off a torn last entry.
+    /// Reads a log an earlier process wrote, streaming it, and cuts off a torn last entry.
     fn load(path: &Path) -> std::io::Result<Self> {
-        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let mut scan =
+            Scan { r: BufReader::with_capacity(64 << 10, file.try_clone()?), at: 0, len };
+        if scan.take(MAGIC.len())?.as_deref() != Some(MAGIC.as_slice()) {
             return Err(std::io::Error::other("not a Sliver audit log"));
         }
         let mut log = EpochLog {
@@ -334,28 +345,27 @@ impl EpochLog {
             published: Vec::new(),
             full: false,
         };
-        let mut at = MAGIC.len();
-        while at < bytes.len() {
-            match parse_entry(&bytes, at) {
-                Some((Entry::Weights(span), next)) => {
-                    let w = &bytes[span.offset as usize..(span.offset + span.len) as usize];
-                    log.weights.insert(*blake3::hash(w).as_bytes(), span);
-                    at = next;
+        loop {
+            let start = scan.at;
+            match scan.entry()? {
+                Some(Entry::Weights(hash, span)) => {
+                    log.weights.insert(hash, span);
                 }
-                Some((Entry::Frame { weights, header, receipt, payload }, next)) => {
+                Some(Entry::Frame { weights, header, receipt, payload }) => {
                     if let Ok(h) = FrameHeader::decode(&header) {
                         log.index(&h, weights, header, receipt, payload);
                     }
-                    at = next;
                 }
-                None => break,
+                None => {
+                    if start < len {
+                        tracing::warn!(path = %path.display(), cut = len - start, "audit log ended in a torn entry; cut off");
+                        log.file.set_len(start)?;
+                    }
+                    log.len = start;
+                    break;
+                }
             }
         }
-        if at < bytes.len() {
-            tracing::warn!(path = %path.display(), cut = bytes.len() - at, "audit log ended in a torn entry; cut off");
-            log.file.set_len(at as u64)?;
-        }
-        log.len = at as u64;
         Ok(log)
     }
 
@@ -416,90 +426,120 @@ fn read(file: &File, span: Span) -> std::io::Result<Vec<u8>> {
 }
 
 enum Entry {
-    Weights(Span),
+    Weights([u8; 32], Span),
     Frame { weights: Option<[u8; 32]>, header: Vec<u8>, receipt: Option<Vec<u8>>, payload: Span },
 }
 
-/// Parses the entry at `at`; `None` if it is torn or malformed.
-fn parse_entry(bytes: &[u8], at: usize) -> Option<(Entry, usize)> {
-    let mut r = Cursor { bytes, at };
-    match r.take(1)?[0] {
-        b'W' => {
-            let len = r.u32()? as usize;
-            let offset = r.at;
-            r.take(len)?;
-            Some((Entry::Weights(Span { offset: offset as u64, len: len as u64 }), r.at))
+/// Reads a log file entry by entry without holding more than one header and receipt.
+struct Scan {
+    r: BufReader<File>,
+    at: u64,
+    len: u64,
+}
+
+impl Scan {
+    /// `n` bytes, or `None` if the file ends first.
+    fn take(&mut self, n: usize) -> std::io::Result<Option<Vec<u8>>> {
+        if self.len - self.at < n as u64 {
+            return Ok(None);
         }
-        b'F' => {
-            let weights = match r.take(1)?[0] {
-                0 => None,
-                1 => Some(<[u8; 32]>::try_from(r.take(32)?).ok()?),
-                _ => return None,
-            };
-            let hl = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
-            if hl > sliver_p2p::frame::MAX_HEADER_LEN {
-                return None;
-            }
-            let header = r.take(hl)?.to_vec();
-            let rl = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
-            if rl > MAX_RECEIPT {
-                return None;
-            }
-            let receipt = (rl > 0).then(|| r.take(rl).map(<[u8]>::to_vec)).flatten();
-            if rl > 0 && receipt.is_none() {
-                return None;
-            }
-            let len = r.u32()? as usize;
-            let offset = r.at;
-            r.take(len)?;
-            let payload = Span { offset: offset as u64, len: len as u64 };
-            Some((Entry::Frame { weights, header, receipt, payload }, r.at))
+        let mut buf = vec![0u8; n];
+        self.r.read_exact(&mut buf)?;
+        self.at += n as u64;
+        Ok(Some(buf))
+    }
+
+    fn array<const N: usize>(&mut self) -> std::io::Result<Option<[u8; N]>> {
+        Ok(self.take(N)?.and_then(|v| v.try_into().ok()))
+    }
+
+    /// Skips `n` bytes (or hashes them), `None` if the file ends first.
+    fn pass(&mut self, n: u64, hash: bool) -> std::io::Result<Option<(Span, [u8; 32])>> {
+        if self.len - self.at < n {
+            return Ok(None);
         }
-        _ => None,
+        let span = Span { offset: self.at, len: n };
+        let mut h = blake3::Hasher::new();
+        if hash {
+            let mut left = n;
+            let mut buf = vec![0u8; (64 << 10).min(n as usize).max(1)];
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                self.r.read_exact(&mut buf[..k])?;
+                h.update(&buf[..k]);
+                left -= k as u64;
+            }
+        } else {
+            self.r.seek_relative(n as i64)?;
+        }
+        self.at += n;
+        Ok(Some((span, *h.finalize().as_bytes())))
+    }
+
+    /// The next entry; `None` at the end of the file or at a torn or malformed entry.
+    fn entry(&mut self) -> std::io::Result<Option<Entry>> {
+        let Some([kind]) = self.array::<1>()? else { return Ok(None) };
+        match kind {
+            b'W' => {
+                let Some(len) = self.array::<4>()? else { return Ok(None) };
+                let Some((span, hash)) = self.pass(u32::from_le_bytes(len) as u64, true)? else {
+                    return Ok(None);
+                };
+                Ok(Some(Entry::Weights(hash, span)))
+            }
+            b'F' => {
+                let weights = match self.array::<1>()? {
+                    Some([0]) => None,
+                    Some([1]) => match self.array::<32>()? {
+                        Some(w) => Some(w),
+                        None => return Ok(None),
+                    },
+                    _ => return Ok(None),
+                };
+                let Some(hl) = self.array::<2>()? else { return Ok(None) };
+                let hl = u16::from_le_bytes(hl) as usize;
+                if hl > sliver_p2p::frame::MAX_HEADER_LEN {
+                    return Ok(None);
+                }
+                let Some(header) = self.take(hl)? else { return Ok(None) };
+                let Some(rl) = self.array::<2>()? else { return Ok(None) };
+                let rl = u16::from_le_bytes(rl) as usize;
+                if rl > MAX_RECEIPT {
+                    return Ok(None);
+                }
+                let receipt = match rl {
+                    0 => None,
+                    n => match self.take(n)? {
+                        Some(r) => Some(r),
+                        None => return Ok(None),
+                    },
+                };
+                let Some(pl) = self.array::<4>()? else { return Ok(None) };
+                let Some((payload, _)) = self.pass(u32::from_le_bytes(pl) as u64, false)? else {
+                    return Ok(None);
+                };
+                Ok(Some(Entry::Frame { weights, header, receipt, payload }))
+            }
+            _ => Ok(None),
+        }
     }
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.at.checked_add(n)?;
-        let s = self.bytes.get(self.at..end)?;
-        self.at = end;
-        Some(s)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-}
-
-/// Audits answered, not kept, and being answered.
-#[derive(Debug, Default)]
-pub struct AuditCounters {
-    /// Answered from the log.
-    pub answered: AtomicU64,
-    /// Asked for micro-batches the log does not hold.
-    pub missed: AtomicU64,
-    /// Being answered now.
-    pub pending: AtomicU64,
-}
-
-/// Answers validators' audits from `log`, each in its own task: the log is read off the async
-/// threads, the weights snapshot and payloads are published as blobs on `client`, then the
-/// answer goes out (well within the asker's request timeout for what the log holds).
+/// Answers validators' audits from `log`, at most [`MAX_CONCURRENT`] at once: the log is read
+/// off the async threads, the weights snapshot and payloads are published in the transport's
+/// audit store, then the answer goes out (well within the asker's request timeout for what the
+/// log holds).
 pub async fn serve(
     log: AuditLog,
     client: Client,
     mut queries: mpsc::Receiver<AuditQuery>,
-    counters: Arc<AuditCounters>,
+    telemetry: Telemetry,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     while let Some(q) = queries.recv().await {
-        let (log, client, counters) = (log.clone(), client.clone(), counters.clone());
-        counters.pending.fetch_add(1, Relaxed);
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let (log, client, telemetry) = (log.clone(), client.clone(), telemetry.clone());
+        telemetry.send(Event::Audit { answered: None });
         tokio::spawn(async move {
             let req = q.request;
             let l = log.clone();
@@ -507,7 +547,7 @@ pub async fn serve(
                 Ok(Ok(Some(found))) => {
                     let mut hashes = Vec::new();
                     for b in found.blobs {
-                        match client.publish_blob(b) {
+                        match client.publish_audit_blob(b) {
                             Ok(h) => hashes.push(h),
                             Err(e) => tracing::warn!(error = %e, "audit blob not published"),
                         }
@@ -522,13 +562,9 @@ pub async fn serve(
                 }
             };
             tracing::debug!(peer = %q.peer, ?req, kept = answer.is_some(), "audit answered");
-            counters.pending.fetch_sub(1, Relaxed);
-            if answer.is_some() {
-                counters.answered.fetch_add(1, Relaxed);
-            } else {
-                counters.missed.fetch_add(1, Relaxed);
-            }
+            telemetry.send(Event::Audit { answered: Some(answer.is_some()) });
             q.respond(answer).await;
+            drop(slot);
         });
     }
 }

@@ -3,6 +3,11 @@
 
 use crate::config::Availability;
 
+/// A schedule entry that does not parse; the message names it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("availability: {0}")]
+pub struct ScheduleError(pub String);
+
 /// A parsed schedule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
@@ -15,7 +20,11 @@ pub struct Schedule {
 
 impl Schedule {
     /// Parses the configuration; errors name the bad entry.
-    pub fn parse(a: &Availability) -> Result<Self, String> {
+    pub fn parse(a: &Availability) -> Result<Self, ScheduleError> {
+        Self::parse_text(a).map_err(ScheduleError)
+    }
+
+    fn parse_text(a: &Availability) -> Result<Self, String> {
         let minute = |s: &str| -> Result<u32, String> {
             let (h, m) = s.trim().split_once(':').ok_or_else(|| format!("{s:?} is not HH:MM"))?;
             let (h, m): (u32, u32) = (

@@ -5,12 +5,41 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Why the configuration is not usable; each message names the file or the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` cannot be read.
+    #[error("cannot read the configuration {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not valid (a typo is an unknown field).
+    #[error("bad configuration {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A value is not one of the accepted ones.
+    #[error("{0}")]
+    Value(String),
+    /// The node URL is refused.
+    #[error(transparent)]
+    Rpc(#[from] sliver_operator::rpc::RpcUrlError),
+}
+
 /// Everything `sliver-miner` can be told. Every field is optional in the file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MinerConfig {
-    /// WebSocket RPC endpoint of a Sliver node.
+    /// WebSocket RPC endpoint of a Sliver node: `wss://`, or `ws://` on this machine.
     pub rpc_url: String,
+    /// Accept a plain `ws://` URL of a node on another machine (a trusted LAN or a tunnel).
+    pub insecure_rpc: bool,
     /// Where the node key, the account key file, checkpoints and logs live.
     pub data_dir: PathBuf,
     /// The account: a secret URI (`//Alice`, `0x<seed>`), a mnemonic phrase, or the path of a
@@ -38,6 +67,8 @@ pub struct MinerConfig {
     pub status_interval_secs: u64,
     /// Seconds the first sliver waits for a micro-batch's gradient before dropping it.
     pub grad_timeout_secs: u64,
+    /// Connections from one IP address at most (several miners behind one NAT need more).
+    pub max_connections_per_ip: u32,
     /// Disk the audit log (frames, receipts and a weights snapshot per step, for the current
     /// and previous epoch) may use, in MiB. Micro-batches past it cannot be audited, which
     /// validators count against the miner.
@@ -66,6 +97,7 @@ impl Default for MinerConfig {
     fn default() -> Self {
         MinerConfig {
             rpc_url: sliver_chain::DEFAULT_RPC_URL.into(),
+            insecure_rpc: false,
             data_dir: default_data_dir(),
             account: None,
             listen: "/ip4/0.0.0.0/tcp/30555".into(),
@@ -78,6 +110,7 @@ impl Default for MinerConfig {
             metrics_port: 9616,
             status_interval_secs: 5,
             grad_timeout_secs: 30,
+            max_connections_per_ip: 16,
             audit_disk_mib: 8192,
             availability: Availability::default(),
         }
@@ -92,21 +125,29 @@ fn default_data_dir() -> PathBuf {
 
 impl MinerConfig {
     /// Reads `path` (a missing file is an error only when it was named explicitly).
-    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else { return Ok(MinerConfig::default()) };
+        let p = || path.display().to_string();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the configuration {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("bad configuration {}: {e}", path.display()))
+            .map_err(|e| ConfigError::Read { path: p(), reason: e.to_string() })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p(), reason: e.to_string() })
     }
 
     /// The wire codec named by `codec`.
-    pub fn wire_codec(&self) -> Result<sliver_wire::WireCodec, String> {
+    pub fn wire_codec(&self) -> Result<sliver_wire::WireCodec, ConfigError> {
         match self.codec.as_str() {
             "f32" => Ok(sliver_wire::WireCodec::F32),
             "bf16" => Ok(sliver_wire::WireCodec::Bf16),
             "int8" => Ok(sliver_wire::WireCodec::Int8),
-            other => Err(format!("unknown codec {other:?}: use f32, bf16 or int8")),
+            other => {
+                Err(ConfigError::Value(format!("unknown codec {other:?}: use f32, bf16 or int8")))
+            }
         }
+    }
+
+    /// Checks the node URL against the RPC policy (see `sliver_operator::rpc`).
+    pub fn check_rpc(&self) -> Result<(), ConfigError> {
+        Ok(sliver_operator::rpc::check_rpc_url(&self.rpc_url, self.insecure_rpc)?)
     }
 }
 
@@ -131,12 +172,17 @@ mod tests {
         assert_eq!(c.listen, MinerConfig::default().listen);
 
         std::fs::write(&path, "rpc_ur = \"x\"\n").unwrap();
-        let err = MinerConfig::load(Some(&path)).unwrap_err();
+        let err = MinerConfig::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("unknown field `rpc_ur`"), "{err}");
-        let err = MinerConfig::load(Some(&dir.join("missing.toml"))).unwrap_err();
+        let err = MinerConfig::load(Some(&dir.join("missing.toml"))).unwrap_err().to_string();
         assert!(err.contains("cannot read the configuration"), "{err}");
         let bad = MinerConfig { codec: "fp8".into(), ..MinerConfig::default() };
-        assert!(bad.wire_codec().unwrap_err().contains("unknown codec"));
+        assert!(bad.wire_codec().unwrap_err().to_string().contains("unknown codec"));
+        // A remote node over plain ws:// only with insecure_rpc.
+        assert!(c.check_rpc().is_err(), "ws://10.0.0.1 is remote");
+        let allowed = MinerConfig { insecure_rpc: true, ..c.clone() };
+        assert!(allowed.check_rpc().is_ok());
+        assert!(MinerConfig::default().check_rpc().is_ok(), "the default is loopback");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

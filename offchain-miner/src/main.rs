@@ -4,16 +4,20 @@
 //! `register` (the registry pallet, with the PeerId ownership proof), `run` (train the assigned
 //! sliver with its neighbours), `status` and `deregister`. Configuration comes from a TOML
 //! file (`--config`), overridden by flags and `SLIVER_*` environment variables; the defaults
-//! work against a local development node.
+//! work against a local development node. SIGTERM and Ctrl-C make `run` leave the pipeline
+//! cleanly (as the pause file does) and exit.
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sliver_chain::{Backend, ChainClient, HardwareProfile, Role};
 use sliver_miner::config::MinerConfig;
 use sliver_miner::keys;
-use sliver_miner::run::{run, RunOptions};
+use sliver_miner::miner::RunOptions;
+use sliver_miner::run::run;
+
+const PROGRAM: &str = "sliver-miner";
 
 /// Sliver miner: trains one sliver of a language model and gets paid for verified work.
 #[derive(Debug, Parser)]
@@ -31,6 +35,10 @@ struct Args {
     /// The account: a secret URI (//Alice, 0x<seed>), a mnemonic phrase or a key file.
     #[arg(long, env = "SLIVER_ACCOUNT", global = true, hide_env_values = true)]
     account: Option<String>,
+    /// Accept a plain ws:// URL of a node on another machine (without it only wss:// or a node
+    /// on this machine).
+    #[arg(long, global = true)]
+    insecure_rpc: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,10 +120,14 @@ async fn main() {
 }
 
 async fn real_main(args: Args) -> anyhow::Result<()> {
-    let mut cfg = MinerConfig::load(args.config.as_deref()).map_err(|e| anyhow!(e))?;
+    let mut cfg = MinerConfig::load(args.config.as_deref())?;
     if let Some(v) = args.rpc_url {
         cfg.rpc_url = v;
     }
+    if args.insecure_rpc {
+        cfg.insecure_rpc = true;
+    }
+    cfg.check_rpc()?;
     if let Some(v) = args.data_dir {
         cfg.data_dir = v;
     }
@@ -125,17 +137,15 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Keys { generate } => {
             if generate {
-                let (path, created) =
-                    keys::generate_account(&cfg.data_dir).map_err(|e| anyhow!(e))?;
+                let (path, created) = keys::generate_account(&cfg.data_dir)?;
                 println!(
                     "account key file: {} ({})",
                     path.display(),
                     if created { "created" } else { "exists, kept" }
                 );
             }
-            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir)
-                .map_err(|e| anyhow!(e))?;
-            let node = keys::node_key(&cfg.data_dir).map_err(|e| anyhow!(e))?;
+            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir, PROGRAM)?;
+            let node = keys::node_key(&cfg.data_dir)?;
             println!("account: {}", sliver_chain::account_of(&account));
             println!(
                 "peer id: {} (key in {}/node.key)",
@@ -144,9 +154,8 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             );
         }
         Command::Register { addresses, throughput, memory_mib } => {
-            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir)
-                .map_err(|e| anyhow!(e))?;
-            let node = keys::node_key(&cfg.data_dir).map_err(|e| anyhow!(e))?;
+            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir, PROGRAM)?;
+            let node = keys::node_key(&cfg.data_dir)?;
             let chain = ChainClient::connect(&cfg.rpc_url).await?;
             let who = sliver_chain::account_of(&account);
             if let Some(uid) = chain.uid_of(&who).await? {
@@ -204,8 +213,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             run(cfg, RunOptions { epochs, until_epoch }).await?;
         }
         Command::Status => {
-            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir)
-                .map_err(|e| anyhow!(e))?;
+            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir, PROGRAM)?;
             let chain = ChainClient::connect(&cfg.rpc_url).await?;
             let who = sliver_chain::account_of(&account);
             let balance = chain.free_balance(&who).await?;
@@ -217,8 +225,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             );
             println!("chain {}: epoch {} ({:?})", cfg.rpc_url, info.epoch, info.phase);
             let ledger_path = sliver_miner::ledger::Ledger::path(&cfg.data_dir);
-            let mut ledger =
-                sliver_miner::ledger::Ledger::load(&ledger_path).map_err(|e| anyhow!(e))?;
+            let mut ledger = sliver_miner::ledger::Ledger::load(&ledger_path)?;
             ledger.for_account(&who.to_string());
             println!(
                 "contributed {:.2} hours ({:.0} s) of training in {} windows; earned {} in {} payouts (scanned to block {})",
@@ -261,8 +268,7 @@ async fn real_main(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Deregister => {
-            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir)
-                .map_err(|e| anyhow!(e))?;
+            let account = keys::load_account(cfg.account.as_deref(), &cfg.data_dir, PROGRAM)?;
             let chain = ChainClient::connect(&cfg.rpc_url).await?;
             chain.deregister(&account).await?;
             println!("deregistered {}", sliver_chain::account_of(&account));

@@ -1,28 +1,70 @@
-//! Merging with the other miners of the same sliver over the network (DiLoCo outer step).
+//! Merging with the other miners of the same sliver over the network (DiLoCo outer step), made
+//! to hold when some replicas lie.
 //!
 //! At every epoch boundary each replica publishes its pseudo-gradient (start weights minus
-//! current weights) as a blob named `merge/<epoch>` in its node status, fetches the other
-//! replicas' blobs, averages what it has (its own included) and takes the engine's outer
-//! Nesterov step from the shared start. The chain's epoch clock is the synchronisation point,
+//! current weights, bf16) as a blob named `merge/<sliver>/<epoch>` in its node status,
+//! fetches the other replicas' blobs, and combines what it has with the engine's robust
+//! aggregate ([`sliver_engine::merge::clipped_mean`]: every norm clipped to the lower median,
+//! then the mean), summed in the order of the blobs' hashes. Honest replicas that merged the
+//! same set therefore compute the same bits, and commit the same hash. The outer Nesterov step
+//! is all or nothing: if it would make any weight or momentum non-finite, the round is
+//! discarded and both stay as they were. The chain's epoch clock is the synchronisation point,
 //! so replicas on hardware of different speeds merge after different numbers of inner steps
-//! without waiting for each other. A replica that does not publish in time is left out of
-//! that round and counted.
+//! without waiting for each other. A replica that does not publish in time is left out of that
+//! round.
+//!
+//! The merged *state* — weights and the outer optimiser's momentum, so that a replica that
+//! joins later continues exactly as the others do — is published as `weights/<sliver>/<epoch>`
+//! and its BLAKE3 hash committed on chain; [`crate::sync`] takes it back only by that hash.
 //!
 //! Wire format of a set of named tensors (pseudo-gradients, weights): `b"SLVF1"`, a `u32`
 //! count, then per tensor `[name length u16][name][frame length u32][sliver-wire frame]`, names
 //! in sorted order. Decoding checks every name and length against the local model.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sliver_engine::merge::Flat;
-use sliver_p2p::{Client, ControlRequest, ControlResponse, PeerId};
+use sliver_engine::checkpoint;
+use sliver_engine::merge::{self as engine_merge, Flat};
+use sliver_p2p::{Client, ControlRequest, ControlResponse, NodeStatus, PeerId};
 use sliver_wire::WireCodec;
+use tokio::sync::watch;
+
+use crate::presence::Presence;
+use crate::training::Training;
 
 const MAGIC: &[u8; 5] = b"SLVF1";
+/// Names of the outer optimiser's momentum in a published state.
+const VELOCITY: &str = "outer.velocity/";
+
+/// Why a tensor set from a peer was refused, or a merge step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// The bytes are not a tensor set of the local model's names and sizes.
+    #[error("bad tensor set: {0}")]
+    Format(String),
+    /// The peer did not publish or serve it in time.
+    #[error("{name} not {what} by {peer} within {timeout:?}")]
+    Timeout {
+        /// The blob's name.
+        name: String,
+        /// "published" or "fetched".
+        what: &'static str,
+        /// The peer.
+        peer: PeerId,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The transport failed.
+    #[error(transparent)]
+    P2p(#[from] sliver_p2p::P2pError),
+    /// The engine refused the weights.
+    #[error(transparent)]
+    Engine(#[from] sliver_engine::EngineError),
+}
 
 /// Encodes named flat tensors with `codec` (f32 for weights, bf16 for pseudo-gradients).
 pub fn encode_flat(flat: &Flat, codec: WireCodec) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(encoded_len(flat, codec) as usize);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(flat.len() as u32).to_le_bytes());
     for (name, values) in flat {
@@ -35,32 +77,47 @@ pub fn encode_flat(flat: &Flat, codec: WireCodec) -> Vec<u8> {
     out
 }
 
+/// The exact size of [`encode_flat`]'s output for tensors like `like`: what a peer's blob of
+/// that set may be at most (a larger one is refused before it is fetched).
+pub fn encoded_len(like: &Flat, codec: WireCodec) -> u64 {
+    let per_tensor: u64 = like
+        .iter()
+        .map(|(name, v)| {
+            let frame = 2 + 4 + codec.payload_len(&[v.len()]).unwrap_or(usize::MAX / 4);
+            2 + name.len() as u64 + 4 + frame as u64
+        })
+        .sum();
+    (MAGIC.len() + 4) as u64 + per_tensor
+}
+
 /// Decodes bytes from a peer into tensors with exactly the names and lengths of `like`.
-pub fn decode_flat(bytes: &[u8], like: &Flat) -> Result<Flat, String> {
+pub fn decode_flat(bytes: &[u8], like: &Flat) -> Result<Flat, MergeError> {
+    let bad = |m: String| MergeError::Format(m);
     let mut r = Reader(bytes);
     if r.take(5)? != MAGIC {
-        return Err("not a Sliver tensor set".into());
+        return Err(bad("not a Sliver tensor set".into()));
     }
-    let count = u32::from_le_bytes(r.take(4)?.try_into().map_err(|_| "count")?) as usize;
+    let count = u32::from_le_bytes(r.array()?) as usize;
     if count != like.len() {
-        return Err(format!("{count} tensors, expected {}", like.len()));
+        return Err(bad(format!("{count} tensors, expected {}", like.len())));
     }
     let mut out = Flat::new();
     for _ in 0..count {
-        let n = u16::from_le_bytes(r.take(2)?.try_into().map_err(|_| "name length")?) as usize;
-        let name = std::str::from_utf8(r.take(n)?).map_err(|_| "a name is not UTF-8")?;
-        let want = like.get(name).ok_or_else(|| format!("unexpected tensor {name:?}"))?.len();
-        let len = u32::from_le_bytes(r.take(4)?.try_into().map_err(|_| "frame length")?) as usize;
-        let d = sliver_wire::decode(r.take(len)?, want).map_err(|e| format!("{name}: {e}"))?;
+        let n = u16::from_le_bytes(r.array()?) as usize;
+        let name =
+            std::str::from_utf8(r.take(n)?).map_err(|_| bad("a name is not UTF-8".into()))?;
+        let want = like.get(name).ok_or_else(|| bad(format!("unexpected tensor {name:?}")))?.len();
+        let len = u32::from_le_bytes(r.array()?) as usize;
+        let d = sliver_wire::decode(r.take(len)?, want).map_err(|e| bad(format!("{name}: {e}")))?;
         if d.shape != [want] {
-            return Err(format!("{name} has shape {:?}, expected [{want}]", d.shape));
+            return Err(bad(format!("{name} has shape {:?}, expected [{want}]", d.shape)));
         }
         if out.insert(name.to_string(), d.values).is_some() {
-            return Err(format!("{name} appears twice"));
+            return Err(bad(format!("{name} appears twice")));
         }
     }
     if !r.0.is_empty() {
-        return Err(format!("{} trailing bytes", r.0.len()));
+        return Err(bad(format!("{} trailing bytes", r.0.len())));
     }
     Ok(out)
 }
@@ -68,27 +125,84 @@ pub fn decode_flat(bytes: &[u8], like: &Flat) -> Result<Flat, String> {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], MergeError> {
         if self.0.len() < n {
-            return Err("truncated".into());
+            return Err(MergeError::Format("truncated".into()));
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
         Ok(a)
     }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], MergeError> {
+        self.take(N)?.try_into().map_err(|_| MergeError::Format("truncated".into()))
+    }
+}
+
+/// The merged state of a sliver: weights and the outer optimiser's momentum.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    /// The replicas' shared start weights.
+    pub weights: Flat,
+    /// The outer optimiser's momentum.
+    pub velocity: Flat,
+}
+
+impl State {
+    /// As one tensor set (momentum under `outer.velocity/<name>`).
+    pub fn to_flat(&self) -> Flat {
+        let mut out = self.weights.clone();
+        for (k, v) in &self.velocity {
+            out.insert(format!("{VELOCITY}{k}"), v.clone());
+        }
+        out
+    }
+
+    /// Back from [`State::to_flat`]'s set.
+    pub fn from_flat(mut flat: Flat) -> Self {
+        let names: Vec<String> = flat.keys().filter(|k| k.starts_with(VELOCITY)).cloned().collect();
+        let mut velocity = Flat::new();
+        for n in names {
+            if let Some(v) = flat.remove(&n) {
+                velocity.insert(n[VELOCITY.len()..].to_string(), v);
+            }
+        }
+        State { weights: flat, velocity }
+    }
+
+    /// The encoding whose hash is committed on chain (f32: bitwise what the replicas hold).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_flat(&self.to_flat(), WireCodec::F32)
+    }
+
+    /// A set shaped like the state of weights `like` (for decoding a peer's).
+    pub fn like(weights: &Flat) -> Flat {
+        State { weights: weights.clone(), velocity: weights.clone() }.to_flat()
+    }
+}
+
+/// The blob name of the merged state of `sliver` at the end of `epoch`.
+pub fn weights_name(sliver: u16, epoch: u64) -> String {
+    format!("weights/{sliver}/{epoch}")
+}
+
+/// The blob name of a pseudo-gradient of `sliver` in `epoch`.
+pub fn merge_name(sliver: u16, epoch: u64) -> String {
+    format!("merge/{sliver}/{epoch}")
 }
 
 /// Waits (at most `timeout`) until `peer` names a blob `name` in its status, then fetches and
-/// decodes it like `like`.
+/// decodes it like `like` (at most its f32 size); returns its hash with it.
 pub async fn fetch_named(
     client: &Client,
     peer: PeerId,
     name: &str,
     like: &Flat,
     timeout: Duration,
-) -> Result<Flat, String> {
-    let max_len = like.values().map(|v| 4 * v.len() as u64 + 1024).sum::<u64>() + 1024;
+) -> Result<([u8; 32], Flat), MergeError> {
+    let max_len = encoded_len(like, WireCodec::F32);
     let deadline = tokio::time::Instant::now() + timeout;
+    let late = |what| MergeError::Timeout { name: name.into(), what, peer, timeout };
     loop {
         match client.request(peer, ControlRequest::Status).await {
             Ok(ControlResponse::Status(s)) => {
@@ -96,20 +210,159 @@ pub async fn fetch_named(
                     let fetch = client.fetch_blob(peer, *hash, max_len);
                     let bytes = tokio::time::timeout_at(deadline, fetch)
                         .await
-                        .map_err(|_| format!("{name} not fetched within {timeout:?}"))?
-                        .map_err(|e| e.to_string())?;
-                    return decode_flat(&bytes, like);
+                        .map_err(|_| late("fetched"))??;
+                    return Ok((*hash, decode_flat(&bytes, like)?));
                 }
             }
-            Ok(_) => return Err("unexpected answer to a status request".into()),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
+            Ok(_) => {
+                return Err(MergeError::Format("unexpected answer to a status request".into()))
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
             Err(_) => {}
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("{name} not published within {timeout:?}"));
+            return Err(late("published"));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Names `hash` in the node status and drops names (and blobs) older than the previous epoch.
+pub fn publish_named(
+    status: &watch::Sender<NodeStatus>,
+    client: &Client,
+    name: String,
+    hash: [u8; 32],
+    epoch: u64,
+) {
+    status.send_modify(|s| {
+        s.published.insert(name, hash);
+        let stale: Vec<String> = s
+            .published
+            .keys()
+            .filter(|k| {
+                k.rsplit('/')
+                    .next()
+                    .and_then(|e| e.parse::<u64>().ok())
+                    .is_some_and(|e| e + 1 < epoch)
+            })
+            .cloned()
+            .collect();
+        for k in stale {
+            if let Some(h) = s.published.remove(&k) {
+                // The same bytes can stand under several names (weights that did not change).
+                if !s.published.values().any(|v| *v == h) {
+                    client.unpublish_blob(&h);
+                }
+            }
+        }
+    });
+}
+
+/// Publishes this epoch's pseudo-gradient (bf16) as `merge/<sliver>/<epoch>` if the sliver
+/// trained since the last merge; returns it as the replicas will decode it, with its hash.
+pub fn publish_delta(
+    t: &mut Training,
+    status: &watch::Sender<NodeStatus>,
+    epoch: u64,
+) -> Result<(Flat, Option<([u8; 32], Flat)>), MergeError> {
+    let client = t.stage.client().clone();
+    let current = engine_merge::export_flat(&mut t.stage.trainer.sliver);
+    let delta = engine_merge::pseudo_gradient(&t.start, &current);
+    if t.stage.steps() <= t.merged_steps {
+        // A replica that did no work this epoch adds no (zero) delta to the aggregate.
+        return Ok((delta, None));
+    }
+    let bytes = encode_flat(&delta, WireCodec::Bf16);
+    let decoded = decode_flat(&bytes, &delta)?;
+    let hash = client.publish_blob(bytes)?;
+    publish_named(status, &client, merge_name(t.sliver, epoch), hash, epoch);
+    Ok((delta, Some((hash, decoded))))
+}
+
+/// What a merge round did.
+#[derive(Clone, Debug)]
+pub struct Merged {
+    /// BLAKE3 of the merged state (published as a blob, committed on chain).
+    pub hash: [u8; 32],
+    /// Its size in bytes.
+    pub size: u64,
+    /// Replicas whose pseudo-gradients were combined, besides this one.
+    pub with: usize,
+    /// Whether this miner contributed its own.
+    pub trained: bool,
+    /// Pseudo-gradients clipped to the median norm.
+    pub clipped: usize,
+    /// Whether the outer step was applied (false: it would not have been finite).
+    pub applied: bool,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// One merge round at the end of `epoch` with `replicas` (the sliver's other miners in that
+/// epoch): publish, fetch (8 s, all at once), take handed-over pseudo-gradients of replicas
+/// that left, combine robustly, step, publish the merged state, save the checkpoint.
+pub async fn merge_round(
+    t: &mut Training,
+    status: &watch::Sender<NodeStatus>,
+    replicas: &[PeerId],
+    epoch: u64,
+    presence: &Presence,
+) -> Result<Merged, MergeError> {
+    let began = Instant::now();
+    let client = t.stage.client().clone();
+    let name = merge_name(t.sliver, epoch);
+    let (delta, own) = publish_delta(t, status, epoch)?;
+    let trained = own.is_some();
+    let mut set: Vec<([u8; 32], Flat)> = own.into_iter().collect();
+    let fetched = futures::future::join_all(
+        replicas.iter().map(|r| fetch_named(&client, *r, &name, &delta, Duration::from_secs(8))),
+    )
+    .await;
+    for (r, f) in replicas.iter().zip(fetched) {
+        match f {
+            Ok(d) => set.push(d),
+            Err(e) => match presence.take_handoff(r, t.sliver, epoch) {
+                // A replica that left its window handed its pseudo-gradient over.
+                Some(bytes) => match decode_flat(&bytes, &delta) {
+                    Ok(d) => {
+                        tracing::info!(peer = %r, "merging the pseudo-gradient a leaving replica handed over");
+                        set.push((*blake3::hash(&bytes).as_bytes(), d));
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %r, error = %e, "handed-over pseudo-gradient refused")
+                    }
+                },
+                None => tracing::debug!(peer = %r, error = %e, "replica left out of this merge"),
+            },
+        }
+    }
+    let with = set.len().saturating_sub(usize::from(trained));
+    let (mut clipped, mut applied) = (0, true);
+    if !set.is_empty() {
+        // Every replica sums the same set in the same order: the same bits everywhere.
+        set.sort_by(|a, b| a.0.cmp(&b.0));
+        let deltas: Vec<Flat> = set.into_iter().map(|(_, d)| d).collect();
+        let agg = engine_merge::clipped_mean(&deltas);
+        clipped = agg.clipped;
+        if clipped > 0 {
+            tracing::info!(epoch, clipped, bound = agg.bound, norms = ?agg.norms, "pseudo-gradients clipped to the median norm");
+        }
+        applied = t.outer.step_checked(&mut t.start, &agg.delta);
+        if !applied {
+            tracing::warn!(epoch, "the merged weights would not be finite; this round is discarded (weights and momentum kept)");
+        }
+    }
+    engine_merge::import_flat(&mut t.stage.trainer.sliver, &t.start)?;
+    t.merged_steps = t.stage.steps();
+    if let Err(e) = checkpoint::save_sliver(&mut t.stage.trainer.sliver, &t.info, &t.ckpt) {
+        tracing::warn!(error = %e, "could not save the local checkpoint");
+    }
+    let bytes = t.state().encode();
+    let size = bytes.len() as u64;
+    let hash = client.publish_blob(bytes)?;
+    publish_named(status, &client, weights_name(t.sliver, epoch), hash, epoch);
+    Ok(Merged { hash, size, with, trained, clipped, applied, took: began.elapsed() })
 }
 
 #[cfg(test)]
@@ -122,6 +375,11 @@ mod tests {
         flat.insert("h.0.attn.c_attn.weight".into(), vec![0.5, -1.25, 3.0]);
         flat.insert("wte.weight".into(), vec![1.0; 10]);
         let bytes = encode_flat(&flat, WireCodec::F32);
+        assert_eq!(bytes.len() as u64, encoded_len(&flat, WireCodec::F32));
+        assert_eq!(
+            encode_flat(&flat, WireCodec::Bf16).len() as u64,
+            encoded_len(&flat, WireCodec::Bf16)
+        );
         assert_eq!(decode_flat(&bytes, &flat).unwrap(), flat);
         let bf = decode_flat(&encode_flat(&flat, WireCodec::Bf16), &flat).unwrap();
         assert_eq!(bf["h.0.attn.c_attn.weight"], vec![0.5, -1.25, 3.0]);
@@ -131,16 +389,36 @@ mod tests {
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode_flat(&longer, &flat).unwrap_err().contains("trailing"));
+        assert!(decode_flat(&longer, &flat).unwrap_err().to_string().contains("trailing"));
         let mut other = flat.clone();
         other.insert("wte.weight".into(), vec![1.0; 11]);
         assert!(decode_flat(&bytes, &other).is_err(), "wrong length");
         let mut renamed = Flat::new();
         renamed.insert("x".into(), vec![0.0; 3]);
         renamed.insert("wte.weight".into(), vec![1.0; 10]);
-        assert!(decode_flat(&bytes, &renamed).unwrap_err().contains("unexpected tensor"));
+        assert!(decode_flat(&bytes, &renamed)
+            .unwrap_err()
+            .to_string()
+            .contains("unexpected tensor"));
         let mut nan = flat.clone();
         nan.insert("wte.weight".into(), vec![f32::NAN; 10]);
         assert!(decode_flat(&encode_flat(&nan, WireCodec::F32), &flat).is_err(), "non-finite");
+    }
+
+    #[test]
+    fn a_state_carries_weights_and_momentum() {
+        let mut w = Flat::new();
+        w.insert("a".into(), vec![1.0, 2.0]);
+        w.insert("b".into(), vec![3.0]);
+        let mut v = Flat::new();
+        v.insert("a".into(), vec![0.1, 0.2]);
+        v.insert("b".into(), vec![0.3]);
+        let s = State { weights: w.clone(), velocity: v };
+        let back = State::from_flat(decode_flat(&s.encode(), &State::like(&w)).unwrap());
+        assert_eq!(back, s);
+        assert!(
+            decode_flat(&encode_flat(&w, WireCodec::F32), &State::like(&w)).is_err(),
+            "weights alone are not a state"
+        );
     }
 }

@@ -16,8 +16,13 @@
 //! micro-batch.
 //!
 //! Frames name the sender's sliver, the route (the data replica of the first sliver's miner),
-//! the step and the micro-batch; anything else from a peer (wrong run or epoch, wrong sliver,
-//! wrong shape, a gradient for nothing pending) is refused and counted, never a panic.
+//! the step and the micro-batch. The stage's [`StageGate`] is the transport's frame gate: a
+//! frame is read, delivered and receipted only if the chain assigned its sender to the
+//! neighbouring sliver this epoch and it fits the schedule (see [`crate::gate`]); what still
+//! does not fit when the stage handles it is refused and counted, never a panic. A gradient or
+//! activation that makes the loss or the gradient norm non-finite strikes its sender and is
+//! dropped; a step whose accumulated gradient is not finite is skipped, so the weights never
+//! become non-finite.
 //!
 //! Differences from the in-process pipeline, which is bitwise equal to the monolithic model:
 //! each sliver clips its own gradient norm, and embeddings are untied across machines (the
@@ -36,6 +41,7 @@ use sliver_wire::WireCodec;
 use tokio::sync::{mpsc, watch};
 
 use crate::audit::AuditLog;
+use crate::gate::{GateConfig, Neighbours, StageGate};
 
 /// What a stage needs to know about the run it trains in.
 #[derive(Clone, Debug)]
@@ -78,6 +84,8 @@ pub struct StepReport {
     /// The chain's epoch ended while gradients were awaited (the drops are not the
     /// neighbour's fault).
     pub interrupted: bool,
+    /// The accumulated gradient was not finite: no optimiser step was taken.
+    pub skipped: bool,
 }
 
 /// Errors of a stage.
@@ -110,9 +118,11 @@ pub struct StageCounters {
     pub dropped: u64,
     /// Tokens trained.
     pub tokens: u64,
+    /// Optimiser steps skipped because the gradient was not finite.
+    pub steps_skipped: u64,
 }
 
-type Key = (u64, u64, u64); // route, step, micro-batch
+type Key = crate::gate::Key;
 
 /// One sliver's trainer wired to the network.
 pub struct Stage {
@@ -134,18 +144,38 @@ pub struct Stage {
     snapshot: Option<[u8; 32]>,
     /// The next-sliver miner a forward could not be delivered to (middle slivers).
     unreachable: Option<PeerId>,
+    /// What the transport lets through to this stage.
+    gate: Arc<StageGate>,
+    /// Neighbours whose frames went into the step being accumulated.
+    step_peers: HashSet<PeerId>,
+    /// Strikes to send after a step.
+    pending_strikes: Vec<(PeerId, String)>,
     /// Counters since start.
     pub counters: StageCounters,
 }
 
 impl Stage {
-    /// A stage training `trainer`'s sliver with `client`, reading tokens from `data`.
+    /// A stage training `trainer`'s sliver with `client`, reading tokens from `data`. It
+    /// installs its gate on `client`: until [`Stage::set_neighbours`] names the previous
+    /// sliver's miners, no activation is accepted.
     pub fn new(
         trainer: SliverTrainer,
         client: Client,
         data: Arc<Dataset>,
         cfg: StageConfig,
     ) -> Self {
+        let width = trainer.model_config().d_model;
+        let input = trainer.sliver.input_width().unwrap_or(width);
+        let gate = Arc::new(StageGate::new(GateConfig {
+            run: cfg.run,
+            epoch: cfg.epoch,
+            sliver: trainer.spec.index as u16,
+            last: trainer.spec.is_last(),
+            micro_batches: cfg.micro_batches,
+            input: [cfg.batch, cfg.seq, input],
+            output: [cfg.batch, cfg.seq, width],
+        }));
+        client.set_frame_gate(Some(gate.clone()));
         Stage {
             trainer,
             client,
@@ -161,8 +191,21 @@ impl Stage {
             audit: None,
             snapshot: None,
             unreachable: None,
+            gate,
+            step_peers: HashSet::new(),
+            pending_strikes: Vec::new(),
             counters: StageCounters::default(),
         }
+    }
+
+    /// This epoch's miners of the previous sliver (who may send activations), from the chain.
+    pub fn set_neighbours(&self, neighbours: Neighbours) {
+        self.gate.set_neighbours(neighbours);
+    }
+
+    /// The gate the transport consults for this stage.
+    pub fn gate(&self) -> &Arc<StageGate> {
+        &self.gate
     }
 
     /// Records this stage's frames and weights in `log` (see [`crate::audit`]).
@@ -213,6 +256,8 @@ impl Stage {
     /// come, and gradients accumulated on weights the merge has since replaced.
     pub fn set_epoch(&mut self, epoch: u64) {
         self.cfg.epoch = epoch;
+        self.gate.set_epoch(epoch);
+        self.step_peers.clear();
         self.trainer.zero_grad();
         self.ids.clear();
         self.origin.clear();
@@ -315,12 +360,15 @@ impl Stage {
             let weights = self.weights_hash();
             let out = compute(|| self.trainer.forward(id, input))?;
             let payload = encode_tensor(self.cfg.codec, &out);
+            // Expected before it is sent: the gradient may come back before the receipt.
+            self.gate.expect(key, next);
             match self.send(next, key, Direction::Activation, payload, weights).await {
                 Ok(()) => {
                     pending.insert(key);
                 }
                 Err(e) => {
                     tracing::warn!(peer = %next, error = %e, "activation not delivered; micro-batch dropped");
+                    self.gate.forget(&key);
                     self.trainer.abandon(id);
                     self.ids.remove(&key);
                     dropped += 1;
@@ -369,15 +417,18 @@ impl Stage {
                 Ok(g) => {
                     self.record_received(None, &frame);
                     compute(|| self.trainer.backward(id, g))?;
+                    self.step_peers.insert(frame.peer);
                     completed += 1;
                 }
                 Err(e) => {
                     tracing::warn!(peer = %frame.peer, error = %e, "bad gradient; micro-batch dropped");
                     self.trainer.abandon(id);
+                    dropped += 1;
                 }
             }
         }
         for key in pending {
+            self.gate.forget(&key);
             if let Some(id) = self.ids.remove(&key) {
                 self.trainer.abandon(id);
             }
@@ -385,7 +436,9 @@ impl Stage {
         }
         self.dropped += dropped;
         self.done = completed;
-        Ok(StepReport { interrupted, ..self.optimiser_step() })
+        let report = StepReport { interrupted, ..self.optimiser_step() };
+        self.send_strikes().await;
+        Ok(report)
     }
 
     /// Handles one frame on a sliver after the first (`next`: a miner of the following
@@ -426,7 +479,6 @@ impl Stage {
                     let targets = self.trainer.tokens(&mb.targets, batch, seq)?;
                     let scale = 1.0 / self.cfg.micro_batches.max(1) as f32;
                     let weights = self.weights_hash();
-                    self.record_received(weights, &frame);
                     let computed = compute(|| {
                         self.trainer.forward_backward_last(SliverInput::Hidden(x), targets, scale)
                     });
@@ -435,10 +487,18 @@ impl Stage {
                         Ok(v) => v,
                         Err(e) => {
                             self.refuse(&frame, &e.to_string());
+                            self.client
+                                .strike(
+                                    frame.peer,
+                                    format!("activation made the loss diverge: {e}"),
+                                )
+                                .await;
                             self.dropped += 1;
                             return Ok(None);
                         }
                     };
+                    self.record_received(weights, &frame);
+                    self.step_peers.insert(frame.peer);
                     self.losses.push(loss);
                     if let Some(g) = grad {
                         let payload = encode_tensor(self.cfg.codec, &g);
@@ -455,8 +515,10 @@ impl Stage {
                         self.dropped += 1;
                         return Ok(None);
                     };
-                    if let Some(old) = self.ids.remove(&key) {
-                        self.trainer.abandon(old);
+                    if self.ids.contains_key(&key) {
+                        // The gate refuses keys in flight; this is a second copy after all.
+                        self.refuse(&frame, "a micro-batch already in flight");
+                        return Ok(None);
                     }
                     let id = self.id_for(key);
                     let weights = self.weights_hash();
@@ -473,12 +535,14 @@ impl Stage {
                     };
                     self.record_received(weights, &frame);
                     let payload = encode_tensor(self.cfg.codec, &out);
+                    self.origin.insert(key, frame.peer);
+                    self.gate.expect(key, next);
                     match self.send(next, key, Direction::Activation, payload, None).await {
-                        Ok(()) => {
-                            self.origin.insert(key, frame.peer);
-                        }
+                        Ok(()) => {}
                         Err(e) => {
                             tracing::warn!(peer = %next, error = %e, "activation not delivered; micro-batch dropped");
+                            self.gate.forget(&key);
+                            self.origin.remove(&key);
                             self.trainer.abandon(id);
                             self.ids.remove(&key);
                             self.dropped += 1;
@@ -505,6 +569,7 @@ impl Stage {
                         }
                     };
                 self.record_received(None, &frame);
+                self.step_peers.insert(frame.peer);
                 if let Some(grad_in) = compute(|| self.trainer.backward(id, g))? {
                     let payload = encode_tensor(self.cfg.codec, &grad_in);
                     if let Err(e) = self.send(origin, key, Direction::Gradient, payload, None).await
@@ -520,7 +585,9 @@ impl Stage {
             }
         }
         if self.done >= self.cfg.micro_batches {
-            return Ok(Some(self.optimiser_step()));
+            let report = self.optimiser_step();
+            self.send_strikes().await;
+            return Ok(Some(report));
         }
         Ok(None)
     }
@@ -562,6 +629,7 @@ impl Stage {
         }
         if self.done > 0 || self.dropped > 0 {
             reports.push(self.optimiser_step());
+            self.send_strikes().await;
         }
         Ok(reports)
     }
@@ -578,26 +646,64 @@ impl Stage {
     fn optimiser_step(&mut self) -> StepReport {
         let completed = self.done;
         let dropped = std::mem::take(&mut self.dropped);
+        let mut skipped = false;
         if completed > 0 {
             let norm = self.trainer.grad_squares().iter().sum::<f64>().sqrt();
-            let factor = if self.cfg.clip > 0.0 && norm > self.cfg.clip {
-                self.cfg.clip / norm
+            if norm.is_finite() {
+                let factor = if self.cfg.clip > 0.0 && norm > self.cfg.clip {
+                    self.cfg.clip / norm
+                } else {
+                    1.0
+                };
+                let lr = self.cfg.lr.at(self.steps);
+                compute(|| self.trainer.step(lr, factor));
+                self.steps += 1;
+                self.snapshot = None;
             } else {
-                1.0
-            };
-            let lr = self.cfg.lr.at(self.steps);
-            compute(|| self.trainer.step(lr, factor));
-            self.steps += 1;
-            self.snapshot = None;
+                // Clipping an infinite norm scales by zero, and inf * 0 is NaN in every weight:
+                // the step is skipped instead and the gradient thrown away.
+                skipped = true;
+                self.trainer.discard_grads();
+                self.counters.steps_skipped += 1;
+                let senders: Vec<PeerId> = self.step_peers.iter().copied().collect();
+                tracing::warn!(
+                    norm,
+                    ?senders,
+                    "the accumulated gradient is not finite; step skipped"
+                );
+                // Only a step fed by one neighbour names its culprit; a strike for a step mixed
+                // from several would let one liar get honest miners banned.
+                if let [only] = senders[..] {
+                    self.pending_strikes
+                        .push((only, "its frames made the gradient non-finite".into()));
+                }
+            }
         }
+        self.step_peers.clear();
         self.done = 0;
         let loss = (!self.losses.is_empty())
             .then(|| self.losses.iter().sum::<f32>() / self.losses.len() as f32);
         self.losses.clear();
+        let completed = if skipped { 0 } else { completed };
         let tokens = completed * (self.cfg.batch * self.cfg.seq) as u64;
         self.counters.tokens += tokens;
         self.counters.dropped += dropped;
-        StepReport { steps: self.steps, completed, dropped, loss, tokens, interrupted: false }
+        StepReport {
+            steps: self.steps,
+            completed,
+            dropped,
+            loss,
+            tokens,
+            interrupted: false,
+            skipped,
+        }
+    }
+
+    /// Sends the strikes the last step earned its senders.
+    async fn send_strikes(&mut self) {
+        for (peer, why) in std::mem::take(&mut self.pending_strikes) {
+            self.client.strike(peer, why).await;
+        }
     }
 }
 

@@ -9,8 +9,9 @@ use libp2p::identity::Keypair;
 use sliver_engine::data::{ByteTokenizer, Dataset};
 use sliver_engine::optim::{AdamWConfig, LrSchedule};
 use sliver_engine::{GptConfig, SliverSpec, SliverTrainer};
+use sliver_miner::gate::Neighbours;
 use sliver_miner::stage::{Stage, StageConfig};
-use sliver_p2p::{start, Client, Inbound, NetworkConfig, NodeStatus};
+use sliver_p2p::{start, Client, Inbound, NetworkConfig, NodeStatus, PeerId};
 use sliver_wire::WireCodec;
 use tokio::sync::watch;
 
@@ -55,6 +56,12 @@ async fn node() -> (Client, Inbound, libp2p::Multiaddr, watch::Sender<NodeStatus
 
 type Node = (Client, Inbound, watch::Sender<NodeStatus>);
 
+/// What the chain would tell a stage: `peer` is the previous sliver's miner (on `route` when
+/// that sliver is the first), and there is one route.
+fn from(peer: PeerId, route: Option<u64>) -> Neighbours {
+    Neighbours { previous: std::collections::HashMap::from([(peer, route)]), routes: 1 }
+}
+
 /// Two nodes on loopback, the first connected to the second.
 async fn connected_pair() -> (Node, Node) {
     let (c0, in0, _, s0) = node().await;
@@ -76,6 +83,7 @@ async fn two_miners_train_across_the_network_and_the_loss_falls() {
     let ((c0, mut in0, _s0), (c1, mut in1, _s1)) = connected_pair().await;
 
     let mut last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config());
+    last.set_neighbours(from(c0.peer_id(), Some(0)));
     let server = tokio::spawn(async move {
         let mut losses = Vec::new();
         while let Some(frame) = in1.frames.recv().await {
@@ -153,8 +161,9 @@ async fn audits_let_a_validator_recompute_a_micro_batch() {
     use sliver_engine::data::{BatchKey, Split};
     use sliver_engine::merge::{export_flat, import_flat};
     use sliver_engine::SliverInput;
-    use sliver_miner::audit::{self, AuditCounters, AuditLog};
+    use sliver_miner::audit::{self, AuditLog};
     use sliver_miner::merge::decode_flat;
+    use sliver_miner::telemetry::{StatusLine, Telemetry};
     use sliver_p2p::{AuditRequest, Direction, FrameHeader, Reply};
 
     let data = corpus();
@@ -166,12 +175,18 @@ async fn audits_let_a_validator_recompute_a_micro_batch() {
         AuditLog::open(&dir.join("first"), 1, 1 << 30).unwrap(),
         AuditLog::open(&dir.join("last"), 1, 1 << 30).unwrap(),
     ];
-    let counters = [Arc::new(AuditCounters::default()), Arc::new(AuditCounters::default())];
-    tokio::spawn(audit::serve(logs[0].clone(), c0.clone(), in0.audits, counters[0].clone()));
-    tokio::spawn(audit::serve(logs[1].clone(), c1.clone(), in1.audits, counters[1].clone()));
+    let figures = |c: &Client| {
+        let status = StatusLine { uid: 0, every: 0, client: c.clone(), port: None };
+        Telemetry::spawn(&mut prometheus_client::registry::Registry::default(), status)
+    };
+    let tele = [figures(&c0), figures(&c1)];
+    tokio::spawn(audit::serve(logs[0].clone(), c0.clone(), in0.audits, tele[0].clone()));
+    tokio::spawn(audit::serve(logs[1].clone(), c1.clone(), in1.audits, tele[1].clone()));
 
-    let mut last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config())
+    let last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config())
         .with_audit(logs[1].clone());
+    last.set_neighbours(from(c0.peer_id(), Some(0)));
+    let mut last = last;
     let server = tokio::spawn(async move {
         let mut steps = 0;
         while let Some(frame) = frames1.recv().await {
@@ -213,14 +228,22 @@ async fn audits_let_a_validator_recompute_a_micro_batch() {
     );
     // Last sliver: the same activation received, and the gradient it sent (receipted).
     assert_eq!(h1, h0, "both miners account for the same two frames");
-    let signed_by = |receipt: &Option<Vec<u8>>, header: &FrameHeader, peer| match Reply::decode(
-        receipt.as_deref().expect("a sent frame carries its receipt"),
-    ) {
-        Some(Reply::Accepted(r)) => r.verify(&peer) && r.header_hash == header.hash(),
-        _ => false,
-    };
-    assert!(signed_by(&ans0.frames[0].receipt, &h0[0], c1.peer_id()));
-    assert!(signed_by(&ans1.frames[1].receipt, &h1[1], c0.peer_id()));
+    // Each receipt says: this receiver accepted this frame from this sender.
+    let signed_by =
+        |receipt: &Option<Vec<u8>>, header: &FrameHeader, sender, receiver| match Reply::decode(
+            receipt.as_deref().expect("a sent frame carries its receipt"),
+        ) {
+            Some(Reply::Accepted(r)) => {
+                r.verify(&sender, &receiver) && r.header_hash == header.hash()
+            }
+            _ => false,
+        };
+    assert!(signed_by(&ans0.frames[0].receipt, &h0[0], c0.peer_id(), c1.peer_id()));
+    assert!(signed_by(&ans1.frames[1].receipt, &h1[1], c1.peer_id(), c0.peer_id()));
+    assert!(
+        !signed_by(&ans0.frames[0].receipt, &h0[0], v.peer_id(), c1.peer_id()),
+        "not about another sender"
+    );
     assert!(ans0.frames[1].receipt.is_none() && ans1.frames[0].receipt.is_none());
 
     // Recompute the first sliver's forward from its snapshot and the deterministic tokens.
@@ -259,8 +282,8 @@ async fn audits_let_a_validator_recompute_a_micro_batch() {
     // What was never trained is not kept, and says so.
     let none = AuditRequest { step: 40, ..req };
     assert!(v.audit(c0.peer_id(), none).await.unwrap().is_none());
-    assert_eq!(counters[0].answered.load(std::sync::atomic::Ordering::Relaxed), 2);
-    assert_eq!(counters[0].missed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let f = tele[0].figures().await;
+    assert_eq!((f.audits_answered, f.audits_missed, f.audits_pending), (2, 1, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -269,13 +292,14 @@ async fn audits_let_a_validator_recompute_a_micro_batch() {
 /// its pseudo-gradient, which the replica fetches at once; rejoining clears "away".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_miner_finishes_its_work_and_hands_over_its_pseudo_gradient() {
-    use sliver_miner::presence::{self, Presence};
+    use sliver_miner::presence::{self, Presence, Verdict};
     use sliver_p2p::PresenceNotice;
 
     let data = corpus();
     let ((c0, mut in0, _s0), (c1, in1, _s1)) = connected_pair().await;
     let mut frames1 = in1.frames;
     let mut last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config());
+    last.set_neighbours(from(c0.peer_id(), Some(0)));
     let (_epoch_tx, mut epoch) = watch::channel(3u64);
     let mut first = Stage::new(trainer(0), c0.clone(), data.clone(), stage_config());
     // The window ends while the first sliver's step is in flight: the last sliver drains.
@@ -295,13 +319,11 @@ async fn a_leaving_miner_finishes_its_work_and_hands_over_its_pseudo_gradient() 
 
     // The replica (c0 here) takes the notice and the handed-over blob.
     let seen = Presence::default();
-    tokio::spawn(presence::serve(
-        seen.clone(),
-        c0.clone(),
-        in0.notices,
-        |_, n| n.run == 1,
-        1 << 20,
-    ));
+    let judge = |_: &PeerId, n: &PresenceNotice| match n.run {
+        1 => Verdict::Count { epoch: 3, handoff: Some(1 << 20) },
+        _ => Verdict::Ignore,
+    };
+    tokio::spawn(presence::serve(seen.clone(), c0.clone(), in0.notices, Box::new(judge)));
     let delta = vec![7u8; 3000];
     let hash = c1.publish_blob(delta.clone()).unwrap();
     let notice =
@@ -330,38 +352,47 @@ async fn a_leaving_miner_finishes_its_work_and_hands_over_its_pseudo_gradient() 
     }
 }
 
-/// A bad peer: frames of another epoch, of the wrong shape, a gradient for nothing pending and
-/// a frame claiming the wrong sliver are refused and counted; the stage goes on training.
+/// A bad peer: frames of another epoch, of the wrong shape, a gradient to the last sliver, a
+/// frame claiming the wrong sliver, or from a peer the chain did not assign, are refused by the
+/// stage's gate before the payload is read, with no receipt; the stage goes on training.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frames_from_a_bad_peer_are_refused_and_counted() {
-    use sliver_p2p::{Direction, FrameHeader};
+async fn frames_from_a_bad_peer_are_refused_before_a_receipt() {
+    use sliver_p2p::{Direction, FrameHeader, P2pError};
 
     let data = corpus();
     let ((c0, mut in0, _s0), (c1, in1, _s1)) = connected_pair().await;
     let mut frames1 = in1.frames;
-    let mut last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config());
+    let last = Stage::new(trainer(1), c1.clone(), data.clone(), stage_config());
+    last.set_neighbours(from(c0.peer_id(), Some(0)));
+    let mut last = last;
     let cfg = stage_config();
-    let send = |epoch: u64, sliver: u16, direction: Direction, shape: [usize; 3]| {
-        let c0 = c0.clone();
+    let send = |from: Client, epoch: u64, sliver: u16, direction: Direction, shape: [usize; 3]| {
         let peer = c1.peer_id();
         async move {
             let n: usize = shape.iter().product();
             let payload = sliver_wire::encode(WireCodec::Bf16, &shape, &vec![0.5f32; n]);
             let h =
                 FrameHeader::for_payload(1, epoch, 0, 0, 0, sliver, direction, &payload).unwrap();
-            c0.send_frame(peer, &h, &payload).await.unwrap();
+            match from.send_frame(peer, &h, &payload).await {
+                Err(P2pError::Refused { reason, .. }) => reason,
+                other => panic!("accepted: {other:?}"),
+            }
         }
     };
     let good = [cfg.batch, cfg.seq, model().d_model];
-    send(2, 0, Direction::Activation, good).await; // another epoch
-    send(3, 0, Direction::Activation, [cfg.batch, cfg.seq, 7]).await; // wrong width
-    send(3, 0, Direction::Gradient, good).await; // the last sliver takes no gradients
-    send(3, 5, Direction::Activation, good).await; // not from the sliver before
-    for _ in 0..4 {
-        let frame = frames1.recv().await.unwrap();
-        assert_eq!(last.handle(frame, None).await.unwrap(), None);
-    }
-    assert_eq!(last.counters.frames_refused, 4);
+    assert!(send(c0.clone(), 2, 0, Direction::Activation, good).await.contains("epoch"));
+    let wide = [cfg.batch, cfg.seq, 7];
+    assert!(send(c0.clone(), 3, 0, Direction::Activation, wide).await.contains("shape"));
+    assert!(send(c0.clone(), 3, 0, Direction::Gradient, good).await.contains("gradient"));
+    assert!(send(c0.clone(), 3, 5, Direction::Activation, good).await.contains("sliver"));
+    // A peer the chain did not assign to the sliver before.
+    let (stranger, _sin, _, _ss) = node().await;
+    let addr = c1.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+    stranger.dial(c1.peer_id(), addr).await.unwrap();
+    assert!(send(stranger.clone(), 3, 0, Direction::Activation, good)
+        .await
+        .contains("not assigned"));
+    assert!(frames1.try_recv().is_err(), "nothing reached the stage");
     assert_eq!((last.steps(), last.counters.frames_sent), (0, 0), "nothing trained or sent");
 
     // The honest first sliver still trains with it.
@@ -420,12 +451,16 @@ async fn a_middle_sliver_relays_both_ways_and_routes_around_a_dead_next_miner() 
         });
         steps
     };
-    let _last_a =
-        serve_last(Stage::new(trainer3(2), c2.clone(), data.clone(), stage_config()), in2.frames);
-    let last_b =
-        serve_last(Stage::new(trainer3(2), c3.clone(), data.clone(), stage_config()), in3.frames);
+    let last_stage = |c: &Client| {
+        let s = Stage::new(trainer3(2), c.clone(), data.clone(), stage_config());
+        s.set_neighbours(from(c1.peer_id(), None));
+        s
+    };
+    let _last_a = serve_last(last_stage(&c2), in2.frames);
+    let last_b = serve_last(last_stage(&c3), in3.frames);
     let (c2_id, c3_id) = (c2.peer_id(), c3.peer_id());
     let mut middle = Stage::new(trainer3(1), c1.clone(), data.clone(), stage_config());
+    middle.set_neighbours(from(c0.peer_id(), Some(0)));
     let mut frames1 = in1.frames;
     let (stop_tx, mut stop) = watch::channel(false);
     let relay = tokio::spawn(async move {

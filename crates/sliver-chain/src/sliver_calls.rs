@@ -191,6 +191,43 @@ impl ChainClient {
         Ok((info, assignments))
     }
 
+    /// Epoch information and the sliver assignment as they stood at block `number` (the node
+    /// must still hold that block's state: a pruning node keeps the last 256 blocks by default).
+    pub async fn epoch_and_assignments_at(
+        &self,
+        number: u32,
+    ) -> Result<(EpochInfo<u32>, Vec<(Uid, u16)>), ChainError> {
+        let at = self.api().at_block(number).await.map_err(rpc)?;
+        let apis = at.runtime_apis();
+        let info =
+            apis.call(sliver::runtime_apis().sliver_api().epoch_info()).await.map_err(rpc)?;
+        let assignments =
+            apis.call(sliver::runtime_apis().sliver_api().assignments()).await.map_err(rpc)?;
+        Ok((info, assignments))
+    }
+
+    /// The latest weight commitment of each of `uids` at the latest finalized block, read at
+    /// one and the same block.
+    pub async fn weight_commitments(
+        &self,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Option<Commitment<u32>>)>, ChainError> {
+        let at = self.api().at_current_block().await.map_err(rpc)?;
+        let entry = at
+            .storage()
+            .entry(sliver::storage().sliver_rewards().weight_commitments())
+            .map_err(rpc)?;
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            let c = match entry.try_fetch((uid,)).await.map_err(rpc)? {
+                Some(v) => Some(v.decode().map_err(rpc)?),
+                None => None,
+            };
+            out.push((uid, c));
+        }
+        Ok(out)
+    }
+
     /// The active training run at the latest finalized block, if any.
     pub async fn training_run(&self) -> Result<Option<RunInfo>, ChainError> {
         let at = self.api().at_current_block().await.map_err(rpc)?;

@@ -6,6 +6,14 @@
 //! dense (f32), as int8 with a scale per chunk, or as top-k with error feedback (what was not
 //! sent is remembered and added to the next pseudo-gradient).
 //!
+//! Replicas may lie. [`clipped_mean`] is the robust aggregate the network uses: every
+//! pseudo-gradient's L2 norm is clipped to the lower median of the norms, then they are
+//! averaged. While fewer than half of the replicas lie, the median is an honest replica's
+//! norm, so each liar moves the mean by at most `median / n` whatever it sends (a delta of
+//! 1e30, or an honest one flipped and scaled by 100), and honest replicas, whose norms are
+//! close, are barely touched. Summing in the caller's order (the network sorts by blob hash)
+//! makes the result bitwise equal on every replica that merged the same set.
+//!
 //! This module is pure maths on flat `Vec<f32>`s; moving the bytes is the P2P crate's job.
 
 use std::collections::BTreeMap;
@@ -138,6 +146,79 @@ fn int8_roundtrip(d: &[f32]) -> (Vec<f32>, u64) {
     (out, bytes)
 }
 
+/// How replicas' pseudo-gradients are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregate {
+    /// The plain mean (DiLoCo): one liar decides the result.
+    Mean,
+    /// Norms clipped to the lower median norm, then the mean ([`clipped_mean`]).
+    ClippedMean,
+}
+
+/// What an aggregation did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregated {
+    /// The combined pseudo-gradient.
+    pub delta: Flat,
+    /// Each input's L2 norm, in input order.
+    pub norms: Vec<f64>,
+    /// The norm every input was clipped to (infinite for the plain mean).
+    pub bound: f64,
+    /// Inputs whose norm was above the bound.
+    pub clipped: usize,
+}
+
+/// The L2 norm of a set of tensors, summed in f64 in name order (the same on every machine).
+pub fn norm(delta: &Flat) -> f64 {
+    delta.values().flatten().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+}
+
+/// Combines `deltas` with `how`. Inputs are summed in the order given.
+pub fn aggregate(deltas: &[Flat], how: Aggregate) -> Aggregated {
+    let norms: Vec<f64> = deltas.iter().map(norm).collect();
+    let bound = match how {
+        Aggregate::Mean => f64::INFINITY,
+        Aggregate::ClippedMean => {
+            let mut sorted: Vec<f64> = norms.iter().copied().filter(|n| n.is_finite()).collect();
+            sorted.sort_by(f64::total_cmp);
+            // The lower median: with n = 2 the smaller norm, so one liar of two cannot inflate it.
+            sorted.get(sorted.len().saturating_sub(1) / 2).copied().unwrap_or(0.0)
+        }
+    };
+    let scales: Vec<f32> = norms
+        .iter()
+        .map(|&n| {
+            if n > bound {
+                (bound / n) as f32
+            } else if n.is_finite() {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let clipped = norms.iter().filter(|&&n| n > bound).count();
+    let mut out = Flat::new();
+    let count = deltas.len().max(1) as f32;
+    for (d, &scale) in deltas.iter().zip(&scales) {
+        for (k, v) in d {
+            let acc = out.entry(k.clone()).or_insert_with(|| vec![0.0; v.len()]);
+            for (a, x) in acc.iter_mut().zip(v) {
+                *a += x * scale;
+            }
+        }
+    }
+    for v in out.values_mut() {
+        v.iter_mut().for_each(|x| *x /= count);
+    }
+    Aggregated { delta: out, norms, bound, clipped }
+}
+
+/// [`aggregate`] with [`Aggregate::ClippedMean`].
+pub fn clipped_mean(deltas: &[Flat]) -> Aggregated {
+    aggregate(deltas, Aggregate::ClippedMean)
+}
+
 /// The outer optimiser: SGD with Nesterov momentum on the averaged pseudo-gradient.
 #[derive(Clone, Debug)]
 pub struct OuterOptimizer {
@@ -152,6 +233,32 @@ impl OuterOptimizer {
     /// A fresh outer optimiser.
     pub fn new(lr: f32, momentum: f32) -> Self {
         OuterOptimizer { lr, momentum, velocity: Flat::new() }
+    }
+
+    /// The momentum buffer, shaped like `like` (zeros where no step has been taken yet), so
+    /// replicas can share it with the weights.
+    pub fn velocity(&self, like: &Flat) -> Flat {
+        like.iter()
+            .map(|(k, w)| (k.clone(), self.velocity.get(k).cloned().unwrap_or(vec![0.0; w.len()])))
+            .collect()
+    }
+
+    /// Replaces the momentum buffer (from a replica's published state).
+    pub fn set_velocity(&mut self, velocity: Flat) {
+        self.velocity = velocity;
+    }
+
+    /// [`OuterOptimizer::step`], all or nothing: if the new weights or momentum would hold a
+    /// non-finite value, both stay as they were and `false` is returned.
+    pub fn step_checked(&mut self, start: &mut Flat, avg: &Flat) -> bool {
+        let (before, velocity) = (start.clone(), self.velocity.clone());
+        self.step(start, avg);
+        let finite = start.values().chain(self.velocity.values()).flatten().all(|v| v.is_finite());
+        if !finite {
+            *start = before;
+            self.velocity = velocity;
+        }
+        finite
     }
 
     /// Applies the averaged pseudo-gradient `avg` to `start` in place (PyTorch SGD, nesterov).
@@ -177,6 +284,8 @@ pub struct ReplicaGroup {
     pub outer: OuterOptimizer,
     /// Pseudo-gradient encoding.
     pub codec: DeltaCodec,
+    /// How the pseudo-gradients are combined.
+    pub aggregate: Aggregate,
     encoders: Vec<DeltaEncoder>,
 }
 
@@ -201,13 +310,31 @@ impl ReplicaGroup {
             start: export_flat(first),
             outer,
             codec,
+            aggregate: Aggregate::Mean,
             encoders: vec![DeltaEncoder::default(); replicas],
         }
     }
 
-    /// One merge: every replica's pseudo-gradient is encoded, the decoded ones are averaged, the
+    /// The same group combining pseudo-gradients with `how`.
+    pub fn with_aggregate(mut self, how: Aggregate) -> Self {
+        self.aggregate = how;
+        self
+    }
+
+    /// One merge: every replica's pseudo-gradient is encoded, the decoded ones are combined, the
     /// outer step moves `start`, and every replica is reset to it.
     pub fn merge(&mut self, replicas: &mut [&mut Sliver]) -> Result<MergeStats, EngineError> {
+        let (deltas, stats) = self.deltas(replicas)?;
+        self.apply(&deltas, replicas)?;
+        Ok(stats)
+    }
+
+    /// Every replica's encoded and decoded pseudo-gradient (what it would send), with the
+    /// bytes they cost.
+    pub fn deltas(
+        &mut self,
+        replicas: &mut [&mut Sliver],
+    ) -> Result<(Vec<Flat>, MergeStats), EngineError> {
         if replicas.len() != self.encoders.len() {
             return Err(EngineError::Config(format!(
                 "{} replicas given to a group of {}",
@@ -224,11 +351,23 @@ impl ReplicaGroup {
             stats.dense_bytes += delta.values().map(|v| 4 * v.len() as u64).sum::<u64>();
             deltas.push(e.values);
         }
-        self.outer.step(&mut self.start, &average(&deltas));
+        Ok((deltas, stats))
+    }
+
+    /// Combines `deltas` (one per replica, possibly a liar's), takes the outer step (skipped,
+    /// with the momentum kept, if it would make anything non-finite) and resets every replica
+    /// to the new start. Returns what the aggregation did.
+    pub fn apply(
+        &mut self,
+        deltas: &[Flat],
+        replicas: &mut [&mut Sliver],
+    ) -> Result<Aggregated, EngineError> {
+        let agg = aggregate(deltas, self.aggregate);
+        self.outer.step_checked(&mut self.start, &agg.delta);
         for rep in replicas.iter_mut() {
             import_flat(rep, &self.start)?;
         }
-        Ok(stats)
+        Ok(agg)
     }
 }
 
@@ -290,6 +429,53 @@ mod tests {
         assert!((w["w"][0] + 0.95).abs() < 1e-6);
         o.step(&mut w, &flat(&[1.0]));
         assert!((w["w"][0] + 2.305).abs() < 1e-6);
+    }
+
+    #[test]
+    fn clipped_mean_bounds_liars_and_leaves_honest_replicas_alone() {
+        let honest = [flat(&[1.0, 2.0]), flat(&[1.2, 1.8]), flat(&[0.9, 2.1])];
+        let mean = aggregate(&honest, Aggregate::Mean);
+        let clipped = clipped_mean(&honest);
+        // Honest norms are close: only the largest is scaled, a little.
+        assert_eq!(clipped.clipped, 1);
+        for (a, b) in mean.delta["w"].iter().zip(&clipped.delta["w"]) {
+            assert!((a - b).abs() < 0.02, "{a} vs {b}");
+        }
+        // One of three sends 1e30, another time a sign-flipped delta 100 times too large: the
+        // result stays within an honest norm of the honest mean.
+        for liar in [flat(&[1e30, 1e30]), flat(&[-100.0, -200.0])] {
+            let set = [honest[0].clone(), honest[1].clone(), liar];
+            let plain = aggregate(&set, Aggregate::Mean);
+            let robust = clipped_mean(&set);
+            let off = |d: &Flat| {
+                let h = &mean.delta["w"];
+                d["w"].iter().zip(h).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
+            };
+            assert!(off(&plain.delta) > 50.0, "the plain mean follows the liar");
+            assert!(off(&robust.delta) <= (2.0 * robust.bound) as f32, "{:?}", robust);
+            assert!(robust.delta["w"].iter().all(|v| v.is_finite()));
+        }
+        // Two replicas, one liar: the lower median is the honest norm.
+        let two = clipped_mean(&[flat(&[3.0, 4.0]), flat(&[3e20, 4e20])]);
+        assert_eq!(two.bound, 5.0);
+        assert!((two.delta["w"][0] - 3.0).abs() < 1e-5, "{:?}", two.delta);
+        // The same set in the same order gives the same bits.
+        assert_eq!(clipped_mean(&honest).delta, clipped.delta);
+    }
+
+    #[test]
+    fn a_step_that_would_not_be_finite_keeps_weights_and_momentum() {
+        let mut o = OuterOptimizer::new(0.7, 0.9);
+        let mut w = flat(&[1.0, 2.0]);
+        assert!(o.step_checked(&mut w, &flat(&[0.5, 0.5])));
+        let (w1, v1) = (w.clone(), o.velocity(&w));
+        assert_ne!(v1["w"], vec![0.0, 0.0]);
+        assert!(!o.step_checked(&mut w, &flat(&[f32::MAX, 1.0])));
+        assert_eq!(w, w1);
+        assert_eq!(o.velocity(&w), v1, "the momentum is restored too");
+        let mut fresh = OuterOptimizer::new(0.7, 0.9);
+        fresh.set_velocity(v1.clone());
+        assert_eq!(fresh.velocity(&w), v1);
     }
 
     #[test]

@@ -253,6 +253,12 @@ impl SliverTrainer {
         self.optim.step(&mut self.sliver, &grads, lr, factor);
     }
 
+    /// Forgets the accumulated gradients, keeping the micro-batches that wait for theirs (a
+    /// step that is skipped).
+    pub fn discard_grads(&mut self) {
+        self.grads.clear();
+    }
+
     /// Forgets accumulated gradients and pending micro-batches.
     pub fn zero_grad(&mut self) {
         self.grads.clear();

@@ -1,6 +1,10 @@
 //! Published blobs: byte strings a node serves to its peers in chunks, addressed by their
 //! BLAKE3 hash (weights snapshots for merging and audits, activation payloads kept for audits,
-//! checkpoints). The store is bounded: publishing past `max_bytes` drops the oldest blobs.
+//! checkpoints). Each store is bounded: publishing past `max_bytes` drops its oldest blobs.
+//!
+//! A node keeps two stores ([`Blobs`]): one for what its replicas need (pseudo-gradients and
+//! merged weights) and one for what validators' audits ask for. Audits are driven by other
+//! peers, so their blobs live apart and can never evict the blobs a merge depends on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -75,6 +79,48 @@ impl BlobStore {
     }
 }
 
+/// Which store a blob goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobClass {
+    /// Pseudo-gradients, merged weights, checkpoints: what replicas fetch.
+    Shared,
+    /// Weights snapshots and payloads published to answer audits.
+    Audit,
+}
+
+/// The two stores of a node; chunks are served from either.
+#[derive(Debug)]
+pub struct Blobs {
+    shared: BlobStore,
+    audit: BlobStore,
+}
+
+impl Blobs {
+    /// Stores of `shared` and `audit` bytes at most.
+    pub fn new(shared: u64, audit: u64) -> Self {
+        Blobs { shared: BlobStore::new(shared), audit: BlobStore::new(audit) }
+    }
+
+    /// The store of `class`.
+    pub fn store(&mut self, class: BlobClass) -> &mut BlobStore {
+        match class {
+            BlobClass::Shared => &mut self.shared,
+            BlobClass::Audit => &mut self.audit,
+        }
+    }
+
+    /// Stops serving `hash` from either store.
+    pub fn remove(&mut self, hash: &[u8; 32]) {
+        self.shared.remove(hash);
+        self.audit.remove(hash);
+    }
+
+    /// A chunk of `hash` from whichever store holds it.
+    pub fn chunk(&self, hash: &[u8; 32], offset: u64, max_len: u32) -> Option<(u64, Vec<u8>)> {
+        self.shared.chunk(hash, offset, max_len).or_else(|| self.audit.chunk(hash, offset, max_len))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +146,18 @@ mod tests {
         // Re-publishing keeps one copy.
         s.insert(vec![3; 4]).unwrap();
         assert_eq!(s.total_bytes(), 4);
+    }
+
+    #[test]
+    fn audit_blobs_never_evict_shared_ones() {
+        let mut b = Blobs::new(10, 10);
+        let weights = b.store(BlobClass::Shared).insert(vec![1; 8]).unwrap();
+        for i in 0..20u8 {
+            b.store(BlobClass::Audit).insert(vec![i; 6]).unwrap();
+        }
+        assert_eq!(b.chunk(&weights, 0, 100), Some((8, vec![1; 8])));
+        assert_eq!(b.store(BlobClass::Audit).total_bytes(), 6);
+        b.remove(&weights);
+        assert_eq!(b.chunk(&weights, 0, 100), None);
     }
 }

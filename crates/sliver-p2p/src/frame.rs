@@ -23,7 +23,7 @@ pub enum Direction {
 }
 
 /// Why a frame was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FrameError {
     /// Header shorter than its fields, or longer than [`MAX_HEADER_LEN`].
     #[error("header of {0} bytes is malformed")]
@@ -56,6 +56,17 @@ pub enum FrameError {
     /// BLAKE3 of the payload differs from the header's.
     #[error("payload hash mismatch")]
     Hash,
+    /// A value beyond the receiver's magnitude bound (finite, but absurd for an activation or
+    /// a gradient).
+    #[error("value {value:e} at element {at} exceeds the bound of {bound:e}")]
+    Magnitude {
+        /// Element index.
+        at: usize,
+        /// The value.
+        value: f32,
+        /// The receiver's bound.
+        bound: f32,
+    },
     /// The payload's own codec or shape differs from the header's.
     #[error("payload describes {got}, header says {want}")]
     Mismatch {
@@ -225,6 +236,11 @@ impl FrameHeader {
     /// Checks a received payload: length, hash, and that it is a valid `sliver-wire` frame of
     /// the header's codec and shape (finite values included).
     pub fn check_payload(&self, payload: &[u8]) -> Result<(), FrameError> {
+        self.check_payload_within(payload, f32::MAX)
+    }
+
+    /// [`FrameHeader::check_payload`], and every value within `max_abs` in magnitude.
+    pub fn check_payload_within(&self, payload: &[u8], max_abs: f32) -> Result<(), FrameError> {
         if payload.len() as u64 != self.payload_len {
             return Err(FrameError::Length { want: self.payload_len, got: payload.len() as u64 });
         }
@@ -239,6 +255,9 @@ impl FrameHeader {
                 want: format!("{} {:?}", self.codec, self.shape),
                 got: format!("{} {:?}", decoded.codec, shape),
             });
+        }
+        if let Some(at) = decoded.values.iter().position(|v| v.abs() > max_abs) {
+            return Err(FrameError::Magnitude { at, value: decoded.values[at], bound: max_abs });
         }
         Ok(())
     }
@@ -286,6 +305,11 @@ mod tests {
         tampered[20] ^= 1;
         assert_eq!(h.check_payload(&tampered), Err(FrameError::Hash));
         assert!(matches!(h.check_payload(&payload[1..]), Err(FrameError::Length { .. })));
+        assert!(h.check_payload_within(&payload, 0.5).is_ok());
+        assert!(matches!(
+            h.check_payload_within(&payload, 0.25),
+            Err(FrameError::Magnitude { at: 0, .. })
+        ));
         let mut lying = h.clone();
         lying.shape = vec![4, 3, 2];
         assert!(matches!(lying.check_payload(&payload), Err(FrameError::Mismatch { .. })));

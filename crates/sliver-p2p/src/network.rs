@@ -1,7 +1,13 @@
-//! The network: one task owns the libp2p `Swarm`; a cloneable [`Client`] sends it commands over
-//! a channel and gets answers on oneshots (the shape of rust-libp2p's file-sharing example).
-//! Tensor frames bypass the swarm task: they travel on `libp2p-stream` streams opened from the
-//! client, with per-peer bounds on frames in flight, timeouts and full checks on receipt.
+//! The network: one task owns the libp2p `Swarm` ([`crate::swarm`]); a cloneable [`Client`]
+//! sends it commands over a channel and gets answers on oneshots (the shape of rust-libp2p's
+//! file-sharing example). Tensor frames bypass the swarm task: they travel on `libp2p-stream`
+//! streams opened from the client, with per-peer bounds on frames in flight, timeouts, and the
+//! receiver's checks ([`crate::inbound`]).
+//!
+//! Who may connect is the application's to say ([`Client::set_peers`]: the chain's registered
+//! miners and validators); connections are limited in total, per peer and per IP address,
+//! misbehaving peers are banned for the rest of the epoch, and every buffer a peer can make
+//! this node fill is bounded ([`NetworkConfig`], [`crate::budget`]).
 //!
 //! Reachability: AutoNAT (v1) probes whether the node can be dialled from outside; a node that
 //! cannot listens through a relay (`listen_via_relay`, relay client), and DCUtR upgrades relayed
@@ -9,28 +15,32 @@
 //! (`NetworkConfig::relay_server`; validators with public addresses do). mDNS finds peers on a
 //! LAN when enabled.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
-use libp2p::kad::{self, store::MemoryStore, QueryId, QueryResult};
+use libp2p::kad::{self, store::MemoryStore};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    autonat, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId,
-    StreamProtocol, Swarm,
+    autonat, connection_limits, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, Multiaddr,
+    PeerId, StreamProtocol,
 };
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use crate::blobs::BlobStore;
+use crate::admission::{Admission, AdmissionView, PeerRole};
+use crate::blobs::{BlobClass, Blobs};
+use crate::budget::{FramePermit, InboundBudget, ServeBudget};
 pub use crate::control::*;
-use crate::frame::{FrameError, FrameHeader, MAX_HEADER_LEN};
+use crate::frame::FrameHeader;
+use crate::inbound::{FrameGate, Receiver, Recent};
+use crate::metrics::P2pMetrics;
 use crate::receipt::{Receipt, Reply};
+use crate::swarm::{Behaviour, Command, SwarmTask, IDLE_CONNECTION};
 use crate::P2pError;
 
 /// Protocol of tensor frames.
@@ -42,30 +52,62 @@ pub const SEND_ATTEMPTS: usize = 4;
 /// Protocol of control messages.
 pub const CONTROL_PROTOCOL: StreamProtocol = StreamProtocol::new("/sliver/control/1");
 
-/// Settings of a node.
+/// Settings of a node. Every limit bounds what a hostile peer can make this node spend; the
+/// defaults suit a generic node, and a miner derives the frame limits from its run's tensor
+/// shapes ([`NetworkConfig::with_max_frame`]).
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
     /// Largest tensor payload accepted (bytes).
     pub max_frame_bytes: u64,
-    /// Frames in flight per peer, each way.
+    /// Frames this node sends to one peer at once (further sends wait).
     pub max_in_flight_per_peer: usize,
+    /// Frames of one peer read at once (further streams are refused "busy"; at least twice a
+    /// sender's `max_in_flight_per_peer`, since a sender reuses its slot as soon as it holds the
+    /// receipt, a moment before the receiver has closed the stream). Each stream can hold its
+    /// 256 KiB multiplexer window unread, so this also bounds what a peer parks there.
+    pub max_inbound_per_peer: usize,
+    /// Bytes of one peer's inbound frames reserved at once (at least `max_frame_bytes`).
+    pub max_peer_buffered_bytes: u64,
+    /// Bytes of inbound frames held at once across all peers (being read or queued).
+    pub max_buffered_bytes: u64,
+    /// Largest magnitude accepted in an activation or gradient (default: the largest f16, a
+    /// range mixed-precision training keeps to anyway). Larger finite values are refused.
+    pub max_abs_value: f32,
     /// Time allowed for one frame, from opening the stream to the receipt.
     pub frame_timeout: Duration,
     /// Time allowed for a control request.
     pub request_timeout: Duration,
-    /// Largest control request and response (bytes).
+    /// Largest control response (bytes; blob chunks are at most half of it).
     pub max_control_bytes: u64,
-    /// Refused frames after which a peer is disconnected.
+    /// Largest control request (bytes): requests are small.
+    pub max_control_request_bytes: u64,
+    /// Strikes (bad frames or requests) after which a peer is banned until
+    /// [`Client::clear_bans`] (the next epoch).
     pub max_strikes: u32,
     /// Frames waiting in the delivery queue before receivers stop reading (backpressure).
     pub delivery_queue: usize,
     /// Header hashes remembered to deliver a frame once even when a retried stream sends it
     /// twice.
     pub dedup_window: usize,
-    /// Bytes of published blobs served at most (oldest dropped first).
+    /// Bytes of published shared blobs (pseudo-gradients, merged weights) held at most (oldest
+    /// dropped first).
     pub max_blob_bytes: u64,
+    /// Bytes of blobs published to answer audits held at most, apart from the shared ones.
+    pub max_audit_blob_bytes: u64,
+    /// Blob bytes served to one peer per second, on average.
+    pub serve_bytes_per_sec: u64,
+    /// Blob bytes served to one peer at once (the bucket's size).
+    pub serve_burst_bytes: u64,
     /// Audit requests waiting for the application before further ones are answered "busy".
     pub audit_queue: usize,
+    /// Established connections at most, in total.
+    pub max_connections: u32,
+    /// Connections (pending and established) from one IP address at most.
+    pub max_connections_per_ip: u32,
+    /// Connections to one peer at most.
+    pub max_connections_per_peer: u32,
+    /// Inbound connections still in their handshake at most.
+    pub max_pending_incoming: u32,
     /// Discover peers on the local network with mDNS.
     pub mdns: bool,
     /// Serve as a relay for nodes that cannot be dialled (validators with public addresses).
@@ -83,15 +125,27 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             max_frame_bytes: 64 << 20,
-            max_in_flight_per_peer: 8,
+            max_in_flight_per_peer: 2,
+            max_inbound_per_peer: 4,
+            max_peer_buffered_bytes: 128 << 20,
+            max_buffered_bytes: 256 << 20,
+            max_abs_value: 65504.0,
             frame_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             max_control_bytes: 1 << 20,
+            max_control_request_bytes: 64 << 10,
             max_strikes: 5,
             delivery_queue: 64,
             dedup_window: 4096,
             max_blob_bytes: 1 << 30,
+            max_audit_blob_bytes: 256 << 20,
+            serve_bytes_per_sec: 64 << 20,
+            serve_burst_bytes: 2 << 30,
             audit_queue: 16,
+            max_connections: 256,
+            max_connections_per_ip: 8,
+            max_connections_per_peer: 3,
+            max_pending_incoming: 64,
             mdns: false,
             relay_server: false,
             relay_max_circuit_bytes: 256 << 20,
@@ -101,8 +155,19 @@ impl Default for NetworkConfig {
     }
 }
 
-/// A frame that passed every check, delivered to the application.
-#[derive(Clone, Debug)]
+impl NetworkConfig {
+    /// Frames of at most `bytes` (a run's largest activation or gradient): the per-peer budget
+    /// becomes two such frames.
+    pub fn with_max_frame(mut self, bytes: u64) -> Self {
+        self.max_frame_bytes = bytes;
+        self.max_peer_buffered_bytes = bytes.saturating_mul(2).max(1 << 20);
+        self
+    }
+}
+
+/// A frame that passed every check, delivered to the application. It holds its share of the
+/// node's inbound byte budget until dropped.
+#[derive(Debug)]
 pub struct IncomingFrame {
     /// Sender.
     pub peer: PeerId,
@@ -110,6 +175,14 @@ pub struct IncomingFrame {
     pub header: FrameHeader,
     /// Its payload (a `sliver-wire` frame).
     pub payload: Vec<u8>,
+    pub(crate) _permit: Option<FramePermit>,
+}
+
+impl IncomingFrame {
+    /// A frame built by the application itself (tests, tools); it holds no budget.
+    pub fn new(peer: PeerId, header: FrameHeader, payload: Vec<u8>) -> Self {
+        IncomingFrame { peer, header, payload, _permit: None }
+    }
 }
 
 /// What the application receives from the network.
@@ -134,6 +207,15 @@ pub struct AuditQuery {
 }
 
 impl AuditQuery {
+    pub(crate) fn new(
+        peer: PeerId,
+        request: AuditRequest,
+        channel: ResponseChannel<ControlResponse>,
+        commands: mpsc::Sender<Command>,
+    ) -> Self {
+        AuditQuery { peer, request, channel: Some(channel), commands }
+    }
+
     /// Sends `answer` (`None`: the micro-batch is not kept) to the asker.
     pub async fn respond(mut self, answer: Option<AuditAnswer>) {
         let response = match answer {
@@ -194,90 +276,75 @@ impl Reachability {
     }
 }
 
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    stream: libp2p_stream::Behaviour,
-    control: request_response::cbor::Behaviour<ControlRequest, ControlResponse>,
-    identify: identify::Behaviour,
-    kad: kad::Behaviour<MemoryStore>,
-    ping: ping::Behaviour,
-    autonat: autonat::Behaviour,
-    relay_client: relay::client::Behaviour,
-    relay: Toggle<relay::Behaviour>,
-    dcutr: dcutr::Behaviour,
-    mdns: Toggle<mdns::tokio::Behaviour>,
-}
-
-enum Command {
-    FindPeer {
-        peer: PeerId,
-        reply: oneshot::Sender<Result<Vec<Multiaddr>, P2pError>>,
-    },
-    Listen {
-        addr: Multiaddr,
-        reply: oneshot::Sender<Result<Multiaddr, P2pError>>,
-    },
-    Respond {
-        channel: ResponseChannel<ControlResponse>,
-        response: ControlResponse,
-    },
-    Connected {
-        reply: oneshot::Sender<Vec<PeerId>>,
-    },
-    AddExternal {
-        addr: Multiaddr,
-    },
-    Dial {
-        peer: PeerId,
-        addr: Multiaddr,
-        reply: oneshot::Sender<Result<(), P2pError>>,
-    },
-    Request {
-        peer: PeerId,
-        req: ControlRequest,
-        reply: oneshot::Sender<Result<ControlResponse, P2pError>>,
-    },
-    Strike {
-        peer: PeerId,
-    },
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
-}
-
 /// Handle to a running node; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    commands: mpsc::Sender<Command>,
+    pub(crate) commands: mpsc::Sender<Command>,
     streams: libp2p_stream::Control,
-    key: Keypair,
-    config: NetworkConfig,
+    pub(crate) key: Keypair,
+    pub(crate) config: NetworkConfig,
     outgoing: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>>,
-    blobs: Arc<Mutex<BlobStore>>,
+    blobs: Arc<Mutex<Blobs>>,
     reachability: watch::Receiver<Reachability>,
+    admission: watch::Receiver<AdmissionView>,
+    gate: Arc<watch::Sender<Option<Arc<dyn FrameGate>>>>,
+    pub(crate) metrics: P2pMetrics,
 }
 
 /// Starts a node with `key`: spawns the swarm task and the frame receiver. Returns the client
 /// and what the application must consume (accepted frames, audit requests). `status` is what
-/// the node answers to `Status` and `WhoServes` requests.
+/// the node answers to `Status` and `WhoServes` requests. Its metrics go to a registry of its
+/// own; [`start_with_metrics`] puts them in the application's.
 pub fn start(
     key: Keypair,
     config: NetworkConfig,
     status: watch::Receiver<NodeStatus>,
 ) -> Result<(Client, Inbound), P2pError> {
+    start_with_metrics(key, config, status, &mut Registry::default())
+}
+
+/// [`start`], registering the transport's and libp2p's metrics in `registry`.
+pub fn start_with_metrics(
+    key: Keypair,
+    config: NetworkConfig,
+    status: watch::Receiver<NodeStatus>,
+    registry: &mut Registry,
+) -> Result<(Client, Inbound), P2pError> {
     let codec = request_response::cbor::codec::Codec::default()
-        .set_request_size_maximum(config.max_control_bytes)
+        .set_request_size_maximum(config.max_control_request_bytes)
         .set_response_size_maximum(config.max_control_bytes);
-    let rr_config =
-        request_response::Config::default().with_request_timeout(config.request_timeout);
+    let rr_config = request_response::Config::default()
+        .with_request_timeout(config.request_timeout)
+        .with_max_concurrent_streams(32);
+    let libp2p_metrics = libp2p::metrics::Metrics::new(registry);
+    let metrics = P2pMetrics::register(registry);
+    let (admission, admission_rx) = Admission::new(config.max_connections_per_ip);
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(config.max_pending_incoming));
+    let yamux_config = || {
+        // Each stream may buffer its 256 KiB window unread; fewer streams, less of that.
+        let mut c = yamux::Config::default();
+        c.set_max_num_streams(64);
+        c
+    };
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux_config)
         .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_quic_config(|mut c| {
+            // QUIC's receive windows are what a peer can make this node buffer per connection.
+            c.max_stream_data = 1 << 20;
+            c.max_connection_data = 8 << 20;
+            c.max_concurrent_stream_limit = 64;
+            c
+        })
+        .with_relay_client(noise::Config::new, yamux_config)
         .map_err(|e| P2pError::Transport(e.to_string()))?
         .with_behaviour(|k, relay_client| Behaviour {
+            admission,
+            limits: connection_limits::Behaviour::new(limits),
             stream: libp2p_stream::Behaviour::new(),
             control: request_response::Behaviour::with_codec(
                 codec,
@@ -336,7 +403,7 @@ pub fn start(
             }),
         })
         .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION))
         .build();
     let mut streams = swarm.behaviour().stream.new_control();
     let incoming = streams
@@ -347,27 +414,55 @@ pub fn start(
     let (audits_tx, audits) = mpsc::channel(config.audit_queue.max(1));
     let (notices_tx, notices) = mpsc::channel(config.audit_queue.max(1));
     let (reach_tx, reachability) = watch::channel(Reachability::Unknown);
-    let blobs = Arc::new(Mutex::new(BlobStore::new(config.max_blob_bytes)));
+    let (gate_tx, gate_rx) = watch::channel(None);
+    let blobs =
+        Arc::new(Mutex::new(Blobs::new(config.max_blob_bytes, config.max_audit_blob_bytes)));
     let task = SwarmTask {
         swarm,
         commands: rx,
         commands_tx: commands.clone(),
         status,
-        max_strikes: config.max_strikes,
+        max_strikes: config.max_strikes.max(1),
         strikes: HashMap::new(),
         listening: HashMap::new(),
         dialing: HashMap::new(),
         requests: HashMap::new(),
         lookups: HashMap::new(),
         blobs: blobs.clone(),
+        serving: ServeBudget::new(config.serve_bytes_per_sec, config.serve_burst_bytes),
         audits: audits_tx,
         notices: notices_tx,
         reachability: reach_tx,
+        metrics: metrics.clone(),
+        libp2p_metrics,
     };
     tokio::spawn(task.run());
-    let client =
-        Client { commands, streams, key, config, outgoing: Arc::default(), blobs, reachability };
-    tokio::spawn(receive_frames(client.clone(), incoming, frames_tx));
+    let budget = InboundBudget::new(
+        config.max_buffered_bytes,
+        config.max_peer_buffered_bytes.max(config.max_frame_bytes),
+        config.max_inbound_per_peer,
+    );
+    let client = Client {
+        commands,
+        streams,
+        key,
+        config,
+        outgoing: Arc::default(),
+        blobs,
+        reachability,
+        admission: admission_rx.clone(),
+        gate: Arc::new(gate_tx),
+        metrics,
+    };
+    let receiver = Arc::new(Receiver {
+        client: client.clone(),
+        budget,
+        seen: Mutex::new(Recent::new(client.config.dedup_window)),
+        admission: admission_rx,
+        gate: gate_rx,
+        frames: frames_tx,
+    });
+    tokio::spawn(receiver.run(incoming));
     Ok((client, Inbound { frames, audits, notices }))
 }
 
@@ -422,16 +517,62 @@ impl Client {
     }
 
     /// Publishes `bytes` for peers to fetch with [`Client::fetch_blob`]; returns their BLAKE3
-    /// hash. The store holds at most `max_blob_bytes` and drops the oldest blobs to make room.
+    /// hash. The shared store holds at most `max_blob_bytes` and drops its oldest blobs to make
+    /// room; blobs published for audits never do.
     pub fn publish_blob(&self, bytes: Vec<u8>) -> Result<[u8; 32], P2pError> {
+        self.publish_in(BlobClass::Shared, bytes, self.config.max_blob_bytes)
+    }
+
+    /// Publishes `bytes` to answer an audit, in the audit store (`max_audit_blob_bytes`), which
+    /// evicts only other audit blobs.
+    pub fn publish_audit_blob(&self, bytes: Vec<u8>) -> Result<[u8; 32], P2pError> {
+        self.publish_in(BlobClass::Audit, bytes, self.config.max_audit_blob_bytes)
+    }
+
+    fn publish_in(&self, class: BlobClass, bytes: Vec<u8>, max: u64) -> Result<[u8; 32], P2pError> {
         let len = bytes.len();
-        let mut store = self.blobs.lock().map_err(|_| P2pError::Stopped)?;
-        store.insert(bytes).ok_or_else(|| {
+        let mut blobs = self.blobs.lock().map_err(|_| P2pError::Stopped)?;
+        blobs.store(class).insert(bytes).ok_or_else(|| {
             P2pError::Transport(format!(
-                "a blob of {len} bytes is larger than the blob store ({} bytes)",
-                self.config.max_blob_bytes
+                "a blob of {len} bytes is larger than the {class:?} blob store ({max} bytes)"
             ))
         })
+    }
+
+    /// Admits only `peers` (the chain's registered miners and validators, with their roles)
+    /// from now on, closing other connections; `None` opens the node to every peer again.
+    pub async fn set_peers(
+        &self,
+        peers: Option<HashMap<PeerId, PeerRole>>,
+    ) -> Result<(), P2pError> {
+        self.call(|reply| Command::SetPeers { peers, reply }).await
+    }
+
+    /// Who is admitted now (and who is banned).
+    pub fn admission(&self) -> AdmissionView {
+        self.admission.borrow().clone()
+    }
+
+    /// Counts a strike against `peer` for misbehaviour the application found (`reason` is
+    /// logged); at `max_strikes` in one epoch the peer is banned until [`Client::clear_bans`].
+    pub async fn strike(&self, peer: PeerId, reason: impl Into<String>) {
+        let _ = self.commands.send(Command::Strike { peer, reason: reason.into() }).await;
+    }
+
+    /// Lifts every ban and forgets every strike (call it at each epoch boundary).
+    pub async fn clear_bans(&self) {
+        let _ = self.commands.send(Command::ClearBans).await;
+    }
+
+    /// Sets the application's [`FrameGate`]: from now on every tensor frame must pass it
+    /// before it is read, delivered and receipted.
+    pub fn set_frame_gate(&self, gate: Option<Arc<dyn FrameGate>>) {
+        self.gate.send_replace(gate);
+    }
+
+    /// The transport's metric handles.
+    pub fn metrics(&self) -> &P2pMetrics {
+        &self.metrics
     }
 
     /// Stops serving the blob `hash`.
@@ -619,22 +760,38 @@ impl Client {
                 })
                 .clone()
         };
-        let _permit = permit_pool.acquire().await.map_err(|_| P2pError::Stopped)?;
+        let permit = permit_pool.acquire().await.map_err(|_| P2pError::Stopped)?;
         // libp2p-stream hands inbound streams over through a channel without buffer and drops
         // a stream that arrives while the previous one is being taken: under concurrency a few
         // streams are reset before the receiver reads a byte. Such a reset is retried; a peer
         // that is really gone fails every attempt. (A retry after a lost receipt can deliver a
         // frame twice: receivers deduplicate by header hash.)
         let mut attempt = 0;
-        loop {
+        let outcome = loop {
             attempt += 1;
             match self.try_send_frame(peer, header, payload).await {
                 Err(P2pError::PeerGone { .. }) if attempt < SEND_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
                 }
-                other => return other,
+                // The receiver reads a bounded number of a peer's frames at once.
+                Err(P2pError::Refused { reason, .. })
+                    if reason == crate::inbound::BUSY && attempt < SEND_ATTEMPTS =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
+                }
+                other => break other,
+            }
+        };
+        drop(permit);
+        // Forget the peer's slot pool once no send uses it (the map holds one reference, this
+        // call the other).
+        if let Ok(mut map) = self.outgoing.lock() {
+            if map.get(&peer).is_some_and(|p| Arc::strong_count(p) == 2) {
+                map.remove(&peer);
             }
         }
+        drop(permit_pool);
+        outcome
     }
 
     async fn try_send_frame(
@@ -663,7 +820,11 @@ impl Client {
             .await
             .map_err(|_| P2pError::Timeout { peer })??;
         match Reply::decode(&reply) {
-            Some(Reply::Accepted(r)) if r.header_hash == header.hash() && r.verify(&peer) => Ok(r),
+            Some(Reply::Accepted(r))
+                if r.header_hash == header.hash() && r.verify(&self.peer_id(), &peer) =>
+            {
+                Ok(r)
+            }
             Some(Reply::Accepted(_)) => Err(P2pError::BadReceipt { peer }),
             Some(Reply::Refused(reason)) => Err(P2pError::Refused { peer, reason }),
             None if reply.is_empty() => {
@@ -671,107 +832,6 @@ impl Client {
             }
             None => Err(P2pError::BadReceipt { peer }),
         }
-    }
-}
-
-/// Accepts tensor streams: at most `max_in_flight_per_peer` per peer at once, each checked and
-/// delivered to the bounded queue before the receipt is signed.
-async fn receive_frames(
-    client: Client,
-    mut incoming: libp2p_stream::IncomingStreams,
-    frames: mpsc::Sender<IncomingFrame>,
-) {
-    let limits: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
-    let seen = Arc::new(Mutex::new(Recent::new(client.config.dedup_window)));
-    while let Some((peer, stream)) = incoming.next().await {
-        let pool = match limits.lock() {
-            Ok(mut m) => m
-                .entry(peer)
-                // Twice the sender's bound: a sender reuses its slot as soon as it holds the
-                // receipt, a moment before this side has closed the stream.
-                .or_insert_with(|| {
-                    Arc::new(Semaphore::new(2 * client.config.max_in_flight_per_peer.max(1)))
-                })
-                .clone(),
-            Err(_) => return,
-        };
-        let client = client.clone();
-        let frames = frames.clone();
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let mut stream = stream;
-            // Busy is not misbehaviour: refused, but no strike.
-            let Ok(permit) = pool.try_acquire() else {
-                tracing::debug!(%peer, "refused a tensor frame: too many in flight");
-                let _ = stream
-                    .write_all(&Reply::Refused("too many frames in flight".into()).encode())
-                    .await;
-                let _ = stream.close().await;
-                return;
-            };
-            let timeout = client.config.frame_timeout;
-            let result = tokio::time::timeout(
-                timeout,
-                read_frame(&mut stream, client.config.max_frame_bytes),
-            )
-            .await;
-            let outcome = match result {
-                Ok(Ok((header, payload))) => {
-                    let hash = header.hash();
-                    // A sender retries a stream that was reset after delivery: sign again, but
-                    // deliver once.
-                    let fresh = seen.lock().map(|mut s| s.insert((peer, hash))).unwrap_or(true);
-                    if !fresh {
-                        tracing::debug!(%peer, "a frame delivered before arrived again");
-                        Ok(hash)
-                    } else if frames.send(IncomingFrame { peer, header, payload }).await.is_err() {
-                        Err("receiver is shutting down".to_string())
-                    } else {
-                        Ok(hash)
-                    }
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(format!("frame not complete within {timeout:?}")),
-            };
-            drop(permit);
-            let reply = match outcome {
-                Ok(hash) => Reply::Accepted(Receipt::sign(&client.key, hash)),
-                Err(reason) => {
-                    tracing::warn!(%peer, %reason, "refused a tensor frame");
-                    let _ = client.commands.send(Command::Strike { peer }).await;
-                    Reply::Refused(reason)
-                }
-            };
-            let _ = stream.write_all(&reply.encode()).await;
-            let _ = stream.close().await;
-        });
-    }
-}
-
-/// The last `cap` keys seen, for deduplication.
-struct Recent<K> {
-    cap: usize,
-    order: VecDeque<K>,
-    set: HashSet<K>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> Recent<K> {
-    fn new(cap: usize) -> Self {
-        Recent { cap: cap.max(1), order: VecDeque::new(), set: HashSet::new() }
-    }
-
-    /// True if `key` was not among the last `cap` keys.
-    fn insert(&mut self, key: K) -> bool {
-        if !self.set.insert(key.clone()) {
-            return false;
-        }
-        self.order.push_back(key);
-        if self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
     }
 }
 
@@ -786,308 +846,5 @@ fn short(r: &ControlResponse) -> String {
         ControlResponse::NotFound => "NotFound".into(),
         ControlResponse::Ack => "Ack".into(),
         ControlResponse::Error(e) => format!("Error({})", e.chars().take(200).collect::<String>()),
-    }
-}
-
-async fn read_frame(
-    stream: &mut libp2p::Stream,
-    max_payload: u64,
-) -> Result<(FrameHeader, Vec<u8>), String> {
-    let mut len = [0u8; 2];
-    stream.read_exact(&mut len).await.map_err(|e| format!("reading header length: {e}"))?;
-    let len = u16::from_le_bytes(len) as usize;
-    if len > MAX_HEADER_LEN {
-        return Err(FrameError::HeaderLength(len).to_string());
-    }
-    let mut header = vec![0u8; len];
-    stream.read_exact(&mut header).await.map_err(|e| format!("reading header: {e}"))?;
-    let header = FrameHeader::decode(&header).map_err(|e| e.to_string())?;
-    header.check_len(max_payload).map_err(|e| e.to_string())?;
-    let mut payload = vec![0u8; header.payload_len as usize];
-    stream.read_exact(&mut payload).await.map_err(|e| format!("reading payload: {e}"))?;
-    header.check_payload(&payload).map_err(|e| e.to_string())?;
-    Ok((header, payload))
-}
-
-struct SwarmTask {
-    swarm: Swarm<Behaviour>,
-    commands: mpsc::Receiver<Command>,
-    /// For audit queries, which answer through the task.
-    commands_tx: mpsc::Sender<Command>,
-    status: watch::Receiver<NodeStatus>,
-    max_strikes: u32,
-    strikes: HashMap<PeerId, u32>,
-    listening: HashMap<ListenerId, oneshot::Sender<Result<Multiaddr, P2pError>>>,
-    dialing: HashMap<PeerId, Vec<oneshot::Sender<Result<(), P2pError>>>>,
-    requests: HashMap<OutboundRequestId, oneshot::Sender<Result<ControlResponse, P2pError>>>,
-    lookups: HashMap<QueryId, (PeerId, oneshot::Sender<Result<Vec<Multiaddr>, P2pError>>)>,
-    blobs: Arc<Mutex<BlobStore>>,
-    audits: mpsc::Sender<AuditQuery>,
-    notices: mpsc::Sender<(PeerId, PresenceNotice)>,
-    reachability: watch::Sender<Reachability>,
-}
-
-impl SwarmTask {
-    async fn run(mut self) {
-        loop {
-            tokio::select! {
-                event = self.swarm.select_next_some() => self.on_event(event),
-                command = self.commands.recv() => match command {
-                    Some(Command::Shutdown { reply }) => {
-                        let _ = reply.send(());
-                        return;
-                    }
-                    Some(c) => self.on_command(c),
-                    None => return, // every client is gone
-                },
-            }
-        }
-    }
-
-    fn on_command(&mut self, command: Command) {
-        match command {
-            Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
-                Ok(id) => {
-                    self.listening.insert(id, reply);
-                }
-                Err(e) => {
-                    let _ = reply
-                        .send(Err(P2pError::Transport(format!("cannot listen on {addr}: {e}"))));
-                }
-            },
-            Command::Dial { peer, addr, reply } => {
-                if self.swarm.is_connected(&peer) {
-                    let _ = reply.send(Ok(()));
-                    return;
-                }
-                self.swarm.add_peer_address(peer, addr.clone());
-                // Dial the peer (not just the address): the connection must authenticate as
-                // `peer`, and a failure names it, so the waiting caller is always answered.
-                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                    .addresses(vec![addr])
-                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
-                    .build();
-                match self.swarm.dial(opts) {
-                    Ok(()) => self.dialing.entry(peer).or_default().push(reply),
-                    Err(e) => {
-                        let _ = reply.send(Err(P2pError::Dial { peer, reason: e.to_string() }));
-                    }
-                }
-            }
-            Command::Request { peer, req, reply } => {
-                let id = self.swarm.behaviour_mut().control.send_request(&peer, req);
-                self.requests.insert(id, reply);
-            }
-            Command::Strike { peer } => {
-                let n = self.strikes.entry(peer).or_insert(0);
-                *n += 1;
-                if *n >= self.max_strikes {
-                    tracing::warn!(%peer, strikes = *n, "disconnecting a peer that sent bad frames");
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                    self.strikes.remove(&peer);
-                }
-            }
-            Command::FindPeer { peer, reply } => {
-                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-                self.lookups.insert(id, (peer, reply));
-            }
-            Command::Respond { channel, response } => {
-                let _ = self.swarm.behaviour_mut().control.send_response(channel, response);
-            }
-            Command::AddExternal { addr } => self.swarm.add_external_address(addr),
-            Command::Connected { reply } => {
-                let _ = reply.send(self.swarm.connected_peers().copied().collect());
-            }
-            Command::Shutdown { .. } => {}
-        }
-    }
-
-    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        match event {
-            SwarmEvent::NewListenAddr { listener_id, address } => {
-                if address.iter().any(|p| p == Protocol::P2pCircuit) {
-                    tracing::info!(%address, "listening through a relay");
-                    if !matches!(*self.reachability.borrow(), Reachability::Public(_)) {
-                        self.reachability.send_replace(Reachability::Relayed(address.clone()));
-                    }
-                }
-                if let Some(reply) = self.listening.remove(&listener_id) {
-                    let _ = reply.send(Ok(address));
-                }
-            }
-            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
-                if let Some(reply) = self.listening.remove(&listener_id) {
-                    let why = match reason {
-                        Ok(()) => "listener closed".to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    let _ = reply.send(Err(P2pError::Transport(format!("cannot listen: {why}"))));
-                }
-            }
-            SwarmEvent::ListenerError { listener_id, error } => {
-                if let Some(reply) = self.listening.remove(&listener_id) {
-                    let _ = reply.send(Err(P2pError::Transport(format!("cannot listen: {error}"))));
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
-                new,
-                ..
-            })) => {
-                let now = match new {
-                    autonat::NatStatus::Public(addr) => {
-                        self.swarm.add_external_address(addr.clone());
-                        Reachability::Public(addr)
-                    }
-                    autonat::NatStatus::Private => match &*self.reachability.borrow() {
-                        r @ Reachability::Relayed(_) => r.clone(),
-                        _ => Reachability::Private,
-                    },
-                    autonat::NatStatus::Unknown => Reachability::Unknown,
-                };
-                tracing::info!(reachability = ?now, "AutoNAT");
-                self.reachability.send_replace(now);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
-                tracing::debug!(?event, "relay client");
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
-                tracing::debug!(?event, "relay server");
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
-                remote_peer_id,
-                result,
-            })) => match result {
-                Ok(_) => {
-                    tracing::info!(peer = %remote_peer_id, "direct connection by hole punching")
-                }
-                Err(e) => {
-                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed")
-                }
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                for (peer, addr) in found {
-                    tracing::debug!(%peer, %addr, "found on the LAN (mDNS)");
-                    self.swarm.add_peer_address(peer, addr.clone());
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-                    if !self.swarm.is_connected(&peer) {
-                        let _ = self.swarm.dial(peer);
-                    }
-                }
-            }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                for reply in self.dialing.remove(&peer_id).unwrap_or_default() {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
-                for reply in self.dialing.remove(&peer).unwrap_or_default() {
-                    let _ = reply.send(Err(P2pError::Dial { peer, reason: error.to_string() }));
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Control(event)) => self.on_control(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
-                // What a peer says it listens on feeds the DHT's routing table.
-                if info.protocols.contains(&KAD_PROTOCOL) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                id,
-                result: QueryResult::GetClosestPeers(result),
-                ..
-            })) => {
-                if let Some((target, reply)) = self.lookups.remove(&id) {
-                    let peers = match result {
-                        Ok(ok) => ok.peers,
-                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
-                    };
-                    let found = peers.into_iter().find(|p| p.peer_id == target).map(|p| p.addrs);
-                    let _ = reply.send(match found {
-                        Some(addrs) if !addrs.is_empty() => {
-                            for a in &addrs {
-                                self.swarm.add_peer_address(target, a.clone());
-                            }
-                            Ok(addrs)
-                        }
-                        _ => Err(P2pError::Dial {
-                            peer: target,
-                            reason: "not found in the DHT".into(),
-                        }),
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn on_control(&mut self, event: request_response::Event<ControlRequest, ControlResponse>) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                let response = match request {
-                    ControlRequest::Ping { nonce } => ControlResponse::Pong { nonce },
-                    ControlRequest::Status => ControlResponse::Status(self.status.borrow().clone()),
-                    ControlRequest::WhoServes { sliver } => ControlResponse::Servers {
-                        sliver,
-                        peers: self
-                            .status
-                            .borrow()
-                            .directory
-                            .get(&sliver)
-                            .map(|v| v.iter().take(MAX_SERVERS).cloned().collect())
-                            .unwrap_or_default(),
-                    },
-                    ControlRequest::Blob { hash, offset, max_len } => {
-                        let chunk = self
-                            .blobs
-                            .lock()
-                            .ok()
-                            .and_then(|s| s.chunk(&hash, offset, max_len.min(MAX_BLOB_CHUNK)));
-                        match chunk {
-                            Some((total, data)) => {
-                                ControlResponse::BlobChunk { total, offset, data }
-                            }
-                            None => ControlResponse::NotFound,
-                        }
-                    }
-                    ControlRequest::Audit(request) => {
-                        let query = AuditQuery {
-                            peer,
-                            request,
-                            channel: Some(channel),
-                            commands: self.commands_tx.clone(),
-                        };
-                        if let Err(e) = self.audits.try_send(query) {
-                            // Busy or not listening: the query's drop answers "no answer".
-                            tracing::debug!(%peer, "audit request not queued: {e}");
-                        }
-                        return;
-                    }
-                    ControlRequest::Presence(notice) => match self.notices.try_send((peer, notice))
-                    {
-                        Ok(()) => ControlResponse::Ack,
-                        Err(e) => ControlResponse::Error(format!("notice not taken: {e}")),
-                    },
-                };
-                let _ = self.swarm.behaviour_mut().control.send_response(channel, response);
-            }
-            Event::Message { message: Message::Response { request_id, response }, .. } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure { request_id, peer, error, .. } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Err(P2pError::Request { peer, reason: error.to_string() }));
-                }
-            }
-            _ => {}
-        }
     }
 }

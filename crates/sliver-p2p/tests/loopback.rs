@@ -51,7 +51,7 @@ async fn frames_and_receipts_flow_both_ways_across_three_nodes() {
     // Forward: a -> b (QUIC) -> c (TCP); backward: c -> b -> a.
     let (h1, p1) = activation([2, 8, 16], 7);
     let r1 = a.client.send_frame(b.client.peer_id(), &h1, &p1).await.unwrap();
-    assert!(r1.verify(&b.client.peer_id()));
+    assert!(r1.verify(&a.client.peer_id(), &b.client.peer_id()));
     assert_eq!(r1.header_hash, h1.hash());
     let got = b.frames.recv().await.unwrap();
     assert_eq!((got.peer, &got.header, &got.payload), (a.client.peer_id(), &h1, &p1));
@@ -63,7 +63,7 @@ async fn frames_and_receipts_flow_both_ways_across_three_nodes() {
     let grad = sliver_wire::encode(WireCodec::F32, &[2, 8, 16], &vec![-0.5; 256]);
     let hg = FrameHeader::for_payload(1, 2, 3, 7, 0, 2, Direction::Gradient, &grad).unwrap();
     let rg = c.client.send_frame(b.client.peer_id(), &hg, &grad).await.unwrap();
-    assert!(rg.verify(&b.client.peer_id()));
+    assert!(rg.verify(&c.client.peer_id(), &b.client.peer_id()));
     assert_eq!(b.frames.recv().await.unwrap().header.direction, Direction::Gradient);
     b.client.send_frame(a.client.peer_id(), &hg, &grad).await.unwrap();
 
@@ -164,7 +164,7 @@ async fn oversized_and_malformed_frames_are_refused() {
         }
     }
     let r = a.client.send_frame(b.client.peer_id(), &good, &good_payload).await.unwrap();
-    assert!(r.verify(&b.client.peer_id()));
+    assert!(r.verify(&a.client.peer_id(), &b.client.peer_id()));
     let delivered = b.frames.recv().await.unwrap();
     assert_eq!(delivered.header, good, "only the good frame was delivered");
     assert!(b.frames.try_recv().is_err());

@@ -152,7 +152,7 @@ async fn frames_cross_a_shaped_link_between_namespaces() {
         let h =
             FrameHeader::for_payload(1, 1, 1, mb, 0, 0, Direction::Activation, &payload).unwrap();
         let r = client.send_frame(peer, &h, &payload).await.unwrap();
-        assert!(r.verify(&peer));
+        assert!(r.verify(&client.peer_id(), &peer));
     }
     let forward = t.elapsed();
     let mut back = Vec::new();

@@ -217,7 +217,7 @@ async fn a_node_that_does_not_listen_is_reached_through_a_relay() {
     let header =
         FrameHeader::for_payload(1, 1, 1, 1, 0, 1, Direction::Activation, &payload).unwrap();
     let receipt = sender.client.send_frame(hidden_id, &header, &payload).await.unwrap();
-    assert!(receipt.verify(&hidden_id));
+    assert!(receipt.verify(&sender.client.peer_id(), &hidden_id));
     let got = hidden.inbound.frames.recv().await.unwrap();
     assert_eq!((got.peer, got.header), (sender.client.peer_id(), header));
 

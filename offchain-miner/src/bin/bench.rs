@@ -23,6 +23,7 @@ use sliver_engine::optim::{AdamWConfig, LrSchedule};
 use sliver_engine::pipeline::{Boundary, Pipeline};
 use sliver_engine::{GptConfig, SliverSpec, SliverTrainer};
 use sliver_miner::audit::AuditLog;
+use sliver_miner::gate::Neighbours;
 use sliver_miner::stage::{Stage, StageConfig};
 use sliver_p2p::{start, NetworkConfig, NodeStatus};
 use sliver_wire::WireCodec;
@@ -192,6 +193,11 @@ async fn network(
         c0.dial(c1.peer_id(), a1).await?;
         keep.push((s0, s1));
         let mut last = Stage::new(trainer(1)?, c1.clone(), data.clone(), stage_config(route));
+        // The chain would assign c0 to the first sliver, on this route.
+        last.set_neighbours(Neighbours {
+            previous: std::collections::HashMap::from([(c0.peer_id(), Some(route))]),
+            routes: pipelines,
+        });
         if let Some(l) = log(format!("last-{route}"))? {
             last = last.with_audit(l);
         }

@@ -16,7 +16,7 @@ use sliver_engine::checkpoint::{assemble, save_sliver, CheckpointInfo};
 use sliver_engine::codec::WireCodec;
 use sliver_engine::data::{BatchKey, ByteTokenizer, Dataset, Source, Split, Tokenizer};
 use sliver_engine::generate::{generate, SampleConfig};
-use sliver_engine::merge::{DeltaCodec, OuterOptimizer, ReplicaGroup};
+use sliver_engine::merge::{Aggregate, DeltaCodec, Flat, OuterOptimizer, ReplicaGroup};
 use sliver_engine::optim::{AdamWConfig, LrSchedule};
 use sliver_engine::{device_by_name, Boundary, EngineError, GptConfig, MicroBatch, Pipeline};
 
@@ -96,7 +96,7 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Benchmarks: quality, speed, pipeline, codecs, merge or all. Prints tables.
+    /// Benchmarks: quality, speed, pipeline, codecs, merge, robust or all. Prints tables.
     Bench {
         which: String,
         #[command(flatten)]
@@ -201,13 +201,17 @@ fn bench(
                 bench_merge(&run, &data, budget)?;
                 ran = true;
             }
+            if all || which == "robust" {
+                bench_robust(&run, &data, budget)?;
+                ran = true;
+            }
             if all || which == "quality" {
                 bench_quality(&run, &data, python.as_deref(), threads)?;
                 ran = true;
             }
             if !ran {
                 return Err(EngineError::Config(format!(
-                    "unknown benchmark {which:?}: quality, speed, pipeline, codecs, merge or all"
+                    "unknown benchmark {which:?}: quality, speed, pipeline, codecs, merge, robust or all"
                 )));
             }
             Ok(())
@@ -547,6 +551,100 @@ fn bench_merge(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineE
                 println!("| {replicas} | {h} | {cname} | {per:.0} | {:.1}x smaller | {merges} | {val:.4} |", dense as f64 / bytes as f64);
             }
         }
+    }
+    Ok(())
+}
+
+/// What a lying replica sends instead of its pseudo-gradient.
+#[derive(Clone, Copy)]
+enum Lie {
+    /// Every value 1e30.
+    Huge,
+    /// Its honest pseudo-gradient, sign-flipped and 100 times too large.
+    Flipped,
+}
+
+fn lie(delta: &Flat, how: Lie) -> Flat {
+    delta
+        .iter()
+        .map(|(k, v)| {
+            let v = match how {
+                Lie::Huge => vec![1e30; v.len()],
+                Lie::Flipped => v.iter().map(|x| -100.0 * x).collect(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// The robust aggregate's cost in loss on honest replicas, and what one liar of four does to
+/// the plain mean and to it.
+fn bench_robust(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineError> {
+    let (replicas, h) = (4usize, 25u64);
+    println!("\n## Robust merging: {replicas} replicas, H = {h}, {budget} inner steps, outer Nesterov (0.7, 0.9), dense f32, val loss on {} batches", run.eval_batches);
+    println!("| replicas | aggregate | val loss | merges | deltas clipped (mean per merge) |");
+    println!("|---|---|---|---|---|");
+    let r = RunArgs { iters: budget, ..run.clone() };
+    let sched = schedule(&r);
+    let cases: [(&str, Aggregate, Option<Lie>); 6] = [
+        ("4 honest", Aggregate::Mean, None),
+        ("4 honest", Aggregate::ClippedMean, None),
+        ("3 honest + 1 sending 1e30", Aggregate::Mean, Some(Lie::Huge)),
+        ("3 honest + 1 sending 1e30", Aggregate::ClippedMean, Some(Lie::Huge)),
+        ("3 honest + 1 sending -100x its delta", Aggregate::Mean, Some(Lie::Flipped)),
+        ("3 honest + 1 sending -100x its delta", Aggregate::ClippedMean, Some(Lie::Flipped)),
+    ];
+    for (name, how, liar) in cases {
+        let started = Instant::now();
+        let mut reps: Vec<Pipeline> = (0..replicas)
+            .map(|_| nano_pipeline(run, 1, Boundary::default()))
+            .collect::<Result<_, _>>()?;
+        let outer = OuterOptimizer::new(0.7, 0.9);
+        let mut group =
+            ReplicaGroup::new(&mut reps[0].stages[0].sliver, replicas, outer, DeltaCodec::Dense)
+                .with_aggregate(how);
+        let (mut merges, mut clipped) = (0u64, 0usize);
+        let mut failed = None;
+        'rounds: for it in 0..budget {
+            for (k, rep) in reps.iter_mut().enumerate() {
+                let batches = step_batches(&r, data, k as u64, it)?;
+                if let Err(e) = rep.train_step(&batches, sched.at(it), 1.0) {
+                    failed = Some(format!("training failed at step {it}: {e}"));
+                    break 'rounds;
+                }
+            }
+            if (it + 1) % h == 0 || it + 1 == budget {
+                let mut slivers: Vec<_> =
+                    reps.iter_mut().map(|p| &mut p.stages[0].sliver).collect();
+                let (mut deltas, _) = group.deltas(&mut slivers)?;
+                if let Some(l) = liar {
+                    deltas[replicas - 1] = lie(&deltas[replicas - 1], l);
+                }
+                match group.apply(&deltas, &mut slivers) {
+                    Ok(a) => clipped += a.clipped,
+                    Err(e) => {
+                        failed = Some(format!("merge failed at step {it}: {e}"));
+                        break 'rounds;
+                    }
+                }
+                merges += 1;
+            }
+        }
+        // A wrecked model's loss is reported as what it is, not as an error.
+        let val = match &failed {
+            Some(_) => f32::NAN,
+            None => reps[0].eval_loss(&val_batches(&r, data)?).unwrap_or(f32::NAN),
+        };
+        let label = match how {
+            Aggregate::Mean => "plain mean",
+            Aggregate::ClippedMean => "norms clipped to the median",
+        };
+        println!(
+            "| {name} | {label} | {val:.4}{} | {merges} | {:.2} | ({:.0} s)",
+            failed.map(|f| format!(" ({f})")).unwrap_or_default(),
+            clipped as f64 / merges.max(1) as f64,
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
