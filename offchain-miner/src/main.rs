@@ -108,6 +108,7 @@ async fn main() {
     sliver_engine::alloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,libp2p=warn,libp2p_kad=error,sliver_p2p=warn".into()),

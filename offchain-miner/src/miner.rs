@@ -292,6 +292,8 @@ impl Miner {
         self.ctx.presence.new_epoch();
         self.ctx.client.clear_bans().await;
         self.set_admission().await;
+        // Neighbours route to this miner once its status names the new epoch: now.
+        self.serve(self.mode == Mode::Training && new.sliver_of(self.ctx.uid).is_some());
         self.ctx.telemetry.send(Tm::Chain { epoch: new.epoch, phase: new.phase.clone() });
         self.boundaries += 1;
         let opts = &self.ctx.opts;
@@ -488,12 +490,6 @@ impl Miner {
     /// Commits the merged state of `sliver` at the end of `ended` (in the background: the
     /// next epoch's training does not wait for finality) and counts the merge.
     fn merged(&mut self, ended: u64, sliver: u16, replicas: usize, m: Merged, steps: u64) {
-        self.ctx.telemetry.send(Tm::Merged {
-            with: m.with,
-            clipped: m.clipped,
-            applied: m.applied,
-            secs: m.took.as_secs_f64(),
-        });
         if !m.trained {
             tracing::info!(
                 epoch = ended,
@@ -502,6 +498,13 @@ impl Miner {
             );
             return;
         }
+        // Merges this miner contributed to (each is followed by a commitment).
+        self.ctx.telemetry.send(Tm::Merged {
+            with: m.with,
+            clipped: m.clipped,
+            applied: m.applied,
+            secs: m.took.as_secs_f64(),
+        });
         tracing::info!(
             epoch = ended,
             sliver,

@@ -82,7 +82,8 @@ pub struct Routing {
     pub next: Option<(PeerId, Duration)>,
     picked: Option<Instant>,
     speeds: Speeds,
-    excluded: Vec<PeerId>,
+    /// Peers not to route to, until when.
+    excluded: Vec<(PeerId, Instant)>,
     dialled: Option<Instant>,
 }
 
@@ -94,9 +95,11 @@ impl Routing {
         self.excluded.clear();
     }
 
-    /// Stops using `peer` for the rest of the epoch (it dropped micro-batches or is gone).
+    /// Stops using `peer` for [`REPICK_EVERY`] (it dropped micro-batches or is gone); it is
+    /// tried again after that, since a miner that restarted or was still merging at the
+    /// boundary comes back.
     pub fn exclude(&mut self, peer: PeerId) {
-        self.excluded.push(peer);
+        self.excluded.push((peer, Instant::now() + REPICK_EVERY));
         self.next = None;
     }
 
@@ -125,9 +128,11 @@ impl Routing {
             self.next = None;
         }
         if self.next.is_none() {
+            let now = Instant::now();
+            self.excluded.retain(|(_, until)| *until > now);
+            let excluded: Vec<PeerId> = self.excluded.iter().map(|(p, _)| *p).collect();
             self.next =
-                pick_next(client, view, sliver, route, &self.excluded, presence, &self.speeds)
-                    .await;
+                pick_next(client, view, sliver, route, &excluded, presence, &self.speeds).await;
             self.picked = Some(Instant::now());
         }
         self.next
@@ -171,7 +176,8 @@ pub async fn connect_neighbours(client: &Client, view: &ChainView, sliver: u16) 
 }
 
 /// A live miner of `sliver` for the micro-batches of `route`, skipping `excluded` and miners
-/// that left the pipeline (see [`choose_next`]).
+/// that left the pipeline; a candidate counts only once its status says it serves `sliver` in
+/// this epoch (a miner still merging at the boundary does not yet). See [`choose_next`].
 async fn pick_next(
     client: &Client,
     view: &ChainView,
@@ -191,7 +197,9 @@ async fn pick_next(
         let t = Instant::now();
         let ask = client.request(*p, ControlRequest::Status);
         match tokio::time::timeout(Duration::from_secs(3), ask).await {
-            Ok(Ok(ControlResponse::Status(st))) if st.slivers.contains(&sliver) => {
+            Ok(Ok(ControlResponse::Status(st)))
+                if st.slivers.contains(&sliver) && st.epoch == view.epoch =>
+            {
                 Some((*p, t.elapsed()))
             }
             _ => None,

@@ -10,7 +10,9 @@
 //! lowest uid. Honest replicas that merged the same pseudo-gradients commit the same hash
 //! (the robust merge is bitwise reproducible, see [`crate::merge`]), so while most of a
 //! sliver's replicas are honest, their hash wins. The joiner waits (at most the given time)
-//! until no hash still missing a commitment could overtake the leader.
+//! until no hash still missing a commitment could overtake the leader, or until the leader
+//! holds half of the replicas and no commitment has come for 3 s (replicas that did not train
+//! commit nothing).
 //!
 //! **The fetch.** The blob is asked for by that hash — first from the replicas that committed
 //! it, then from the sliver's other miners of both epochs — and every blob is checked against
@@ -31,6 +33,9 @@ use sliver_p2p::{Client, PeerId};
 use sliver_wire::WireCodec;
 
 use crate::merge::{decode_flat, encoded_len, State};
+
+/// How long without a new commitment before a leader that holds half of the replicas is taken.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// Why no verified state was taken.
 #[derive(Debug, thiserror::Error)]
@@ -128,12 +133,21 @@ pub async fn committed_state(
     let replicas = view.previous_miners(sliver);
     let uids: Vec<Uid> = replicas.iter().map(|p| p.uid).collect();
     let began = Instant::now();
+    let (mut seen, mut last_new) = (0usize, Instant::now());
     let best = loop {
         let ask = uids.clone();
         let commitments =
             chain.call(move |c| async move { c.weight_commitments(&ask).await }).await?;
         let (list, decided) = candidates(&commitments, ended + 1, uids.len());
-        if decided || began.elapsed() >= wait {
+        let committed: usize = list.iter().map(|c| c.committers.len()).sum();
+        if committed > seen {
+            (seen, last_new) = (committed, Instant::now());
+        }
+        // Replicas that did not train commit nothing: once the leader holds half of the
+        // replicas and no commitment came for a while, the rest are not coming.
+        let settled = list.first().is_some_and(|l| 2 * l.committers.len() >= uids.len())
+            && last_new.elapsed() >= SETTLE;
+        if decided || settled || began.elapsed() >= wait {
             break list;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
