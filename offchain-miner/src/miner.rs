@@ -575,6 +575,10 @@ impl Miner {
         }
         training.stage.set_epoch(self.view.epoch);
         training.stage.set_neighbours(neighbours_of(&self.view, training.sliver));
+        // Mid-epoch (a restart, a first assignment) step numbers must not repeat what this
+        // miner sent before in this epoch: number them from the time in milliseconds.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        training.stage.start_steps_at(now.map(|d| d.as_millis() as u64).unwrap_or(0));
         self.reported = StageCounters::default();
         self.reported_steps = 0;
         let _ = self.ctx.assigned.send_replace(Some(training.sliver));

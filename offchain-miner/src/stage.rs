@@ -132,6 +132,9 @@ pub struct Stage {
     data: Arc<Dataset>,
     cfg: StageConfig,
     steps: u64,
+    /// The step number the first sliver's next attempt names in its frames (it advances on
+    /// every attempt, completed or not, so no key is ever sent twice in an epoch).
+    next_step: u64,
     done: u64,
     dropped: u64,
     losses: Vec<f32>,
@@ -182,6 +185,7 @@ impl Stage {
             data,
             cfg,
             steps: 0,
+            next_step: 0,
             done: 0,
             dropped: 0,
             losses: Vec::new(),
@@ -230,6 +234,12 @@ impl Stage {
         &self.client
     }
 
+    /// Numbers the first sliver's steps from `first` on (a miner that restarts within an epoch
+    /// starts from the time, so that it never repeats a key its neighbours saw before).
+    pub fn start_steps_at(&mut self, first: u64) {
+        self.next_step = first;
+    }
+
     /// Optimiser steps taken.
     pub fn steps(&self) -> u64 {
         self.steps
@@ -258,6 +268,7 @@ impl Stage {
         self.cfg.epoch = epoch;
         self.gate.set_epoch(epoch);
         self.step_peers.clear();
+        self.next_step = 0;
         self.trainer.zero_grad();
         self.ids.clear();
         self.origin.clear();
@@ -348,7 +359,8 @@ impl Stage {
         if !self.trainer.spec.is_first() || self.trainer.spec.is_last() {
             return Err(StageError::Role("first_step is for the first of several slivers".into()));
         }
-        let step = self.steps;
+        let step = self.next_step;
+        self.next_step += 1;
         let (batch, seq) = (self.cfg.batch, self.cfg.seq);
         let mut pending = HashSet::new();
         let mut dropped = 0;

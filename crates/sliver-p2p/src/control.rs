@@ -132,7 +132,8 @@ pub struct AuditRequest {
     pub epoch: u64,
     /// Route: the data replica (the first sliver's miner) that started the micro-batch.
     pub route: u64,
-    /// Step of that route within the epoch (the first sliver's optimiser step).
+    /// Step of that route within the epoch, as its frames name it (the first sliver numbers
+    /// every attempt, so a step that completed no micro-batch still used up its number).
     pub step: u64,
     /// Micro-batch within the step.
     pub micro_batch: u64,
