@@ -261,7 +261,8 @@ fn stage_config(run: &RunInfo, cfg: &MinerConfig, codec: WireCodec, epoch: u64) 
     }
 }
 
-fn model_of(run: &RunInfo) -> anyhow::Result<GptConfig> {
+/// The run's model as the engine builds it (embeddings untied across machines).
+pub fn model_of(run: &RunInfo) -> anyhow::Result<GptConfig> {
     let m = &run.model;
     let cfg = GptConfig::new()
         .with_vocab_size(m.vocab_size as usize)
