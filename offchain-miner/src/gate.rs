@@ -223,6 +223,17 @@ impl FrameGate for StageGate {
     }
 }
 
+/// The gate of a miner that is not training (waiting for an assignment, away, stopping):
+/// every frame is refused, without a strike, and nothing is receipted.
+#[derive(Debug, Default)]
+pub struct Closed;
+
+impl FrameGate for Closed {
+    fn check(&self, _: &PeerId, _: &FrameHeader) -> Result<(), Refusal> {
+        Err(Refusal::benign("not training now"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -302,6 +302,10 @@ pub struct Merged {
 /// One merge round at the end of `epoch` with `replicas` (the sliver's other miners in that
 /// epoch): publish, fetch (8 s, all at once), take handed-over pseudo-gradients of replicas
 /// that left, combine robustly, step, publish the merged state, save the checkpoint.
+///
+/// A replica that did not train this epoch merges nothing (`trained: false`, weights
+/// untouched): without a pseudo-gradient of its own it cannot tell a lying replica's from an
+/// honest one, so it takes the state the replicas committed instead ([`crate::sync`]).
 pub async fn merge_round(
     t: &mut Training,
     status: &watch::Sender<NodeStatus>,
@@ -313,8 +317,20 @@ pub async fn merge_round(
     let client = t.stage.client().clone();
     let name = merge_name(t.sliver, epoch);
     let (delta, own) = publish_delta(t, status, epoch)?;
-    let trained = own.is_some();
-    let mut set: Vec<([u8; 32], Flat)> = own.into_iter().collect();
+    let Some(own) = own else {
+        let took = began.elapsed();
+        return Ok(Merged {
+            hash: [0; 32],
+            size: 0,
+            with: 0,
+            trained: false,
+            clipped: 0,
+            applied: false,
+            took,
+        });
+    };
+    let trained = true;
+    let mut set: Vec<([u8; 32], Flat)> = vec![own];
     let fetched = futures::future::join_all(
         replicas.iter().map(|r| fetch_named(&client, *r, &name, &delta, Duration::from_secs(8))),
     )
@@ -337,21 +353,18 @@ pub async fn merge_round(
             },
         }
     }
-    let with = set.len().saturating_sub(usize::from(trained));
-    let (mut clipped, mut applied) = (0, true);
-    if !set.is_empty() {
-        // Every replica sums the same set in the same order: the same bits everywhere.
-        set.sort_by(|a, b| a.0.cmp(&b.0));
-        let deltas: Vec<Flat> = set.into_iter().map(|(_, d)| d).collect();
-        let agg = engine_merge::clipped_mean(&deltas);
-        clipped = agg.clipped;
-        if clipped > 0 {
-            tracing::info!(epoch, clipped, bound = agg.bound, norms = ?agg.norms, "pseudo-gradients clipped to the median norm");
-        }
-        applied = t.outer.step_checked(&mut t.start, &agg.delta);
-        if !applied {
-            tracing::warn!(epoch, "the merged weights would not be finite; this round is discarded (weights and momentum kept)");
-        }
+    let with = set.len() - 1;
+    // Every replica sums the same set in the same order: the same bits everywhere.
+    set.sort_by(|a, b| a.0.cmp(&b.0));
+    let deltas: Vec<Flat> = set.into_iter().map(|(_, d)| d).collect();
+    let agg = engine_merge::clipped_mean(&deltas);
+    let clipped = agg.clipped;
+    if clipped > 0 {
+        tracing::info!(epoch, clipped, bound = agg.bound, norms = ?agg.norms, "pseudo-gradients clipped to the median norm");
+    }
+    let applied = t.outer.step_checked(&mut t.start, &agg.delta);
+    if !applied {
+        tracing::warn!(epoch, "the merged weights would not be finite; this round is discarded (weights and momentum kept)");
     }
     engine_merge::import_flat(&mut t.stage.trainer.sliver, &t.start)?;
     t.merged_steps = t.stage.steps();

@@ -22,11 +22,12 @@ use anyhow::{anyhow, bail};
 use sliver_chain::Keypair;
 use sliver_engine::merge::Flat;
 use sliver_operator::chain::{connection_lost, ChainHandle, ChainTaskError, ChainView};
-use sliver_p2p::{Client, IncomingFrame, NodeStatus, PresenceNotice};
+use sliver_p2p::{Client, FrameGate, IncomingFrame, NodeStatus, PresenceNotice};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::availability::{load_average, Schedule};
+use crate::gate::Closed;
 use crate::ledger::LedgerKeeper;
 use crate::merge::{merge_round, publish_delta, publish_named, weights_name, Merged};
 use crate::presence::{announce, Presence};
@@ -262,13 +263,15 @@ impl Miner {
     async fn on_boundary(&mut self, new: Arc<ChainView>) -> anyhow::Result<Flow> {
         let ended = self.view.epoch;
         self.report_work(0.0, None);
+        let mut untrained = false;
         if let Some(t) = self.training.as_mut() {
             let replicas = Peers::of(&self.view, t.sliver, self.ctx.client.peer_id()).replicas;
             // Commitments carry a step count that never goes back.
             let steps = self.ctx.commit_base + self.carried_steps + t.stage.steps();
             let sliver = t.sliver;
             match merge_round(t, &self.ctx.status, &replicas, ended, &self.ctx.presence).await {
-                Ok(m) => self.merged(ended, sliver, replicas.len(), m, steps),
+                Ok(m) if m.trained => self.merged(ended, sliver, replicas.len(), m, steps),
+                Ok(_) => untrained = true,
                 Err(e) => tracing::warn!(error = %e, "merge failed; continuing from local weights"),
             }
         }
@@ -280,6 +283,22 @@ impl Miner {
                 let training = self.sync_into(s, ended, Duration::from_secs(15)).await?;
                 self.enter(training);
                 tracing::info!(from = ?previous, to = s, "assigned another sliver");
+            }
+            Some(s) if untrained => {
+                // No pseudo-gradient of its own to judge the others' by: take the state a
+                // majority of the replicas committed, or keep its weights.
+                match self.committed(s, ended, Duration::from_secs(15)).await? {
+                    Some(training) => {
+                        self.enter(training);
+                        tracing::info!(
+                            epoch = ended,
+                            "did not train this epoch; took the replicas' committed state"
+                        );
+                    }
+                    None => {
+                        tracing::info!(epoch = ended, "did not train this epoch; kept its weights")
+                    }
+                }
             }
             Some(_) => {}
             None => tracing::info!("not assigned this epoch"),
@@ -334,7 +353,12 @@ impl Miner {
             merge: None,
         };
         self.mode = if open { Mode::Training } else { Mode::Away };
-        self.serve(open);
+        // Leaving: neighbours stop routing here now, but the gate stays open until what is in
+        // flight is finished.
+        self.announce_serving(open);
+        if open {
+            self.open_gate(true);
+        }
         let told = announce(&self.ctx.client, &peers.all(), notice).await;
         if open {
             if self.windows > 0 {
@@ -361,6 +385,7 @@ impl Miner {
             }
         };
         let finished = t.stage.counters.tokens - before;
+        self.ctx.client.set_frame_gate(Some(Arc::new(Closed)));
         let handed = match publish_delta(t, &self.ctx.status, self.view.epoch) {
             Ok((_, Some((hash, _)))) => {
                 notice.merge = Some(hash);
@@ -490,14 +515,6 @@ impl Miner {
     /// Commits the merged state of `sliver` at the end of `ended` (in the background: the
     /// next epoch's training does not wait for finality) and counts the merge.
     fn merged(&mut self, ended: u64, sliver: u16, replicas: usize, m: Merged, steps: u64) {
-        if !m.trained {
-            tracing::info!(
-                epoch = ended,
-                replicas = m.with,
-                "did not train this epoch; took the replicas' merge"
-            );
-            return;
-        }
         // Merges this miner contributed to (each is followed by a commitment).
         self.ctx.telemetry.send(Tm::Merged {
             with: m.with,
@@ -534,6 +551,20 @@ impl Miner {
         ended: u64,
         wait: Duration,
     ) -> anyhow::Result<Training> {
+        match self.committed(sliver, ended, wait).await? {
+            Some(training) => Ok(training),
+            None => Ok(self.ctx.setup.train(sliver, None)?.0),
+        }
+    }
+
+    /// A trainer for `sliver` from the state a majority of its replicas committed at the end
+    /// of `ended` (waiting at most `wait`), or `None` if there is no such state to be had.
+    async fn committed(
+        &mut self,
+        sliver: u16,
+        ended: u64,
+        wait: Duration,
+    ) -> anyhow::Result<Option<Training>> {
         let like: Flat = self.ctx.setup.like(sliver)?;
         let synced = committed_state(
             &self.ctx.chain,
@@ -545,13 +576,14 @@ impl Miner {
             wait,
         )
         .await;
-        let (training, origin) = match synced {
-            Ok((state, _)) => self.ctx.setup.train(sliver, Some(state))?,
+        let state = match synced {
+            Ok((state, _)) => state,
             Err(e) => {
-                tracing::info!(sliver, error = %e, "no verified weights from the replicas; starting from local weights");
-                self.ctx.setup.train(sliver, None)?
+                tracing::info!(sliver, error = %e, "no verified weights from the replicas");
+                return Ok(None);
             }
         };
+        let (training, origin) = self.ctx.setup.train(sliver, Some(state))?;
         if origin == Origin::Synced {
             self.ctx.telemetry.send(Tm::Synced);
             // Serve them too: a replica that restarts may ask any miner of the sliver.
@@ -565,7 +597,7 @@ impl Miner {
                 );
             }
         }
-        Ok(training)
+        Ok(Some(training))
     }
 
     /// Makes `training` the current sliver.
@@ -587,6 +619,8 @@ impl Miner {
             sliver: Some(training.sliver),
         });
         self.training = Some(training);
+        // The new stage took over the transport's gate; it stays closed unless training.
+        self.open_gate(self.mode == Mode::Training);
     }
 
     /// Sends the work the current stage did since the last report.
@@ -609,6 +643,12 @@ impl Miner {
 
     /// What the node's status says it serves: this sliver while training.
     fn serve(&self, training: bool) {
+        self.announce_serving(training);
+        self.open_gate(training);
+    }
+
+    /// The node's status: this sliver while training, nothing otherwise.
+    fn announce_serving(&self, training: bool) {
         let serving: Vec<u16> =
             if training { self.sliver().into_iter().collect() } else { Vec::new() };
         let epoch = self.view.epoch;
@@ -619,6 +659,16 @@ impl Miner {
             changed
         });
         self.ctx.telemetry.send(Tm::Mode { training, sliver: self.sliver() });
+    }
+
+    /// Lets frames through to the stage while training; refuses them otherwise (no receipt
+    /// for work this miner would not do).
+    fn open_gate(&self, training: bool) {
+        let gate: Arc<dyn FrameGate> = match (&self.training, training) {
+            (Some(t), true) => t.stage.gate().clone(),
+            _ => Arc::new(Closed),
+        };
+        self.ctx.client.set_frame_gate(Some(gate));
     }
 
     /// Admits the chain's registered peers only.

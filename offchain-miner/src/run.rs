@@ -83,6 +83,8 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
     let (client, inbound) =
         sliver_p2p::start_with_metrics(key.clone(), net, status_rx, &mut registry)?;
     client.set_peers(Some(view.roles())).await?;
+    // Nothing is accepted until a stage trains.
+    client.set_frame_gate(Some(Arc::new(crate::gate::Closed)));
     let listen: Multiaddr =
         cfg.listen.parse().with_context(|| format!("bad listen address {}", cfg.listen))?;
     let bound = client.listen(listen).await?;

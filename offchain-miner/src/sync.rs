@@ -1,27 +1,23 @@
 //! Taking a sliver's merged state from other miners, checked against the chain.
 //!
-//! A miner that joins a sliver (reassigned at a boundary, or restarted) needs the state its
-//! replicas merged at the end of the epoch that just ended. Any peer can claim to serve it, so
-//! the chain decides which bytes are right:
+//! A miner that joins a sliver (reassigned at a boundary, restarted, or back after an epoch in
+//! which it did not train) needs the state its replicas merged at the end of the epoch that
+//! just ended. Any peer can claim to serve it, so the chain decides which bytes are right:
 //!
 //! **The rule.** The miners the chain assigned to the sliver in that epoch commit the BLAKE3
-//! hash of their merged state on chain in the epoch after it (`publish_weight_commitment`). The
-//! accepted hash is the one most of them committed; a tie goes to the hash committed by the
-//! lowest uid. Honest replicas that merged the same pseudo-gradients commit the same hash
-//! (the robust merge is bitwise reproducible, see [`crate::merge`]), so while most of a
-//! sliver's replicas are honest, their hash wins. The joiner waits (at most the given time)
-//! until no hash still missing a commitment could overtake the leader, or until the leader
-//! holds half of the replicas and no commitment has come for 3 s (replicas that did not train
-//! commit nothing).
+//! hash of their merged state on chain in the epoch after it (`publish_weight_commitment`). A
+//! hash is accepted only if a strict majority of those replicas committed it. Honest replicas
+//! that merged the same pseudo-gradients commit the same hash (the robust merge is bitwise
+//! reproducible, see [`crate::merge`]), so while most of a sliver's replicas are honest and
+//! trained, their hash is accepted; a liar — or any minority, however fast — never is. Without
+//! a majority (replicas that did not train commit nothing; two replicas that disagree tie)
+//! nothing is taken, and the miner keeps, or starts from, its own weights. The joiner waits (at
+//! most the given time) until some hash has its majority.
 //!
 //! **The fetch.** The blob is asked for by that hash — first from the replicas that committed
 //! it, then from the sliver's other miners of both epochs — and every blob is checked against
 //! the hash on arrival: a holder that lies is skipped and the next one asked. A committed size
 //! that differs from what the model's state takes is refused before anything is fetched.
-//!
-//! Without any commitment to check against (a fresh run, or the node no longer holding the
-//! previous epoch's assignment), nothing is taken from peers: the miner starts from its local
-//! checkpoint or the deterministic initialisation.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -34,24 +30,26 @@ use sliver_wire::WireCodec;
 
 use crate::merge::{decode_flat, encoded_len, State};
 
-/// How long without a new commitment before a leader that holds half of the replicas is taken.
-const SETTLE: Duration = Duration::from_secs(3);
-
 /// Why no verified state was taken.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// The previous epoch's assignment is not known.
     #[error("the assignment of epoch {0} is not known (the node may have pruned it)")]
     NoAssignment(u64),
-    /// No replica of that epoch committed a state.
+    /// No hash has a strict majority of the replicas of that epoch.
     #[error(
-        "no miner of sliver {sliver} committed its weights for epoch {epoch} within {waited:?}"
+        "no state of sliver {sliver} for epoch {epoch} was committed by a majority of its \
+         {replicas} replicas within {waited:?} (committers per hash: {counts:?})"
     )]
-    NoCommitment {
+    NoMajority {
         /// The sliver.
         sliver: u16,
         /// The epoch merged.
         epoch: u64,
+        /// Replicas assigned in that epoch.
+        replicas: usize,
+        /// Committers per candidate hash, most first.
+        counts: Vec<usize>,
         /// How long it waited.
         waited: Duration,
     },
@@ -82,20 +80,19 @@ pub struct Candidate {
 }
 
 /// The candidates among `commitments` published in epoch `merged_in` (the epoch after the one
-/// merged), best first: most committers, then lowest committing uid. Also whether the leader is
-/// decided: no candidate could overtake it with the `expected` replicas still to commit.
+/// merged), most committers first (then the lowest committing uid), and the accepted one: the
+/// first, if a strict majority of the `replicas` committed it.
 pub fn candidates(
     commitments: &[(Uid, Option<Commitment<u32>>)],
     merged_in: u64,
-    expected: usize,
-) -> (Vec<Candidate>, bool) {
+    replicas: usize,
+) -> (Vec<Candidate>, Option<Candidate>) {
     let mut by_hash: BTreeMap<([u8; 32], u64), Vec<Uid>> = BTreeMap::new();
     for (uid, c) in commitments {
         if let Some(c) = c.as_ref().filter(|c| c.epoch as u64 == merged_in) {
             by_hash.entry((c.hash.0, c.size)).or_default().push(*uid);
         }
     }
-    let committed: usize = by_hash.values().map(Vec::len).sum();
     let mut out: Vec<Candidate> = by_hash
         .into_iter()
         .map(|((hash, size), mut committers)| {
@@ -106,13 +103,8 @@ pub fn candidates(
     out.sort_by(|a, b| {
         b.committers.len().cmp(&a.committers.len()).then(a.committers[0].cmp(&b.committers[0]))
     });
-    let missing = expected.saturating_sub(committed);
-    let decided = match out.as_slice() {
-        [] => false,
-        [only] => only.committers.len() > missing,
-        [first, second, ..] => first.committers.len() > second.committers.len() + missing,
-    };
-    (out, decided)
+    let accepted = out.first().filter(|c| 2 * c.committers.len() > replicas).cloned();
+    (out, accepted)
 }
 
 /// The merged state of `sliver` at the end of epoch `ended`, as the chain's commitments name
@@ -133,67 +125,57 @@ pub async fn committed_state(
     let replicas = view.previous_miners(sliver);
     let uids: Vec<Uid> = replicas.iter().map(|p| p.uid).collect();
     let began = Instant::now();
-    let (mut seen, mut last_new) = (0usize, Instant::now());
-    let best = loop {
+    let (list, accepted) = loop {
         let ask = uids.clone();
         let commitments =
             chain.call(move |c| async move { c.weight_commitments(&ask).await }).await?;
-        let (list, decided) = candidates(&commitments, ended + 1, uids.len());
-        let committed: usize = list.iter().map(|c| c.committers.len()).sum();
-        if committed > seen {
-            (seen, last_new) = (committed, Instant::now());
-        }
-        // Replicas that did not train commit nothing: once the leader holds half of the
-        // replicas and no commitment came for a while, the rest are not coming.
-        let settled = list.first().is_some_and(|l| 2 * l.committers.len() >= uids.len())
-            && last_new.elapsed() >= SETTLE;
-        if decided || settled || began.elapsed() >= wait {
-            break list;
+        let (list, accepted) = candidates(&commitments, ended + 1, uids.len());
+        if accepted.is_some() || began.elapsed() >= wait {
+            break (list, accepted);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    if best.is_empty() {
-        return Err(SyncError::NoCommitment { sliver, epoch: ended, waited: began.elapsed() });
-    }
+    let Some(c) = accepted else {
+        return Err(SyncError::NoMajority {
+            sliver,
+            epoch: ended,
+            replicas: uids.len(),
+            counts: list.iter().map(|c| c.committers.len()).collect(),
+            waited: began.elapsed(),
+        });
+    };
     let like = State::like(weights_like);
     let size = encoded_len(&like, WireCodec::F32);
+    if c.size != size {
+        return Err(SyncError::NotServed { sliver, hash: hex(&c.hash), tried: 0 });
+    }
     let me = client.peer_id();
-    let mut tried = 0;
-    let mut last_hash = String::new();
-    for c in &best {
-        last_hash = hex(&c.hash);
-        if c.size != size {
-            tracing::warn!(hash = %last_hash, committed = c.size, expected = size, committers = ?c.committers, "a committed state of the wrong size; ignored");
-            continue;
-        }
-        // Its committers first, then every other miner of the sliver in either epoch.
-        let mut holders: Vec<PeerId> = Vec::new();
-        let committers = replicas.iter().filter(|p| c.committers.contains(&p.uid));
-        let others = replicas.iter().copied().chain(view.miners(sliver));
-        for p in committers.copied().chain(others) {
-            if p.peer != me && !holders.contains(&p.peer) {
-                holders.push(p.peer);
-            }
-        }
-        for peer in holders {
-            tried += 1;
-            let fetch = client.fetch_blob(peer, c.hash, size);
-            match tokio::time::timeout(Duration::from_secs(10), fetch).await {
-                Ok(Ok(bytes)) => match decode_flat(&bytes, &like) {
-                    Ok(flat) => {
-                        tracing::info!(%peer, sliver, epoch = ended, committers = ?c.committers, "weights synced from a replica (hash committed on chain)");
-                        return Ok((State::from_flat(flat), peer));
-                    }
-                    Err(e) => tracing::warn!(%peer, error = %e, "committed state does not decode"),
-                },
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "holder did not serve the committed weights; asking the next")
-                }
-                Err(_) => tracing::info!(%peer, "holder too slow; asking the next"),
-            }
+    // Its committers first, then every other miner of the sliver in either epoch.
+    let mut holders: Vec<PeerId> = Vec::new();
+    let committers = replicas.iter().filter(|p| c.committers.contains(&p.uid));
+    let others = replicas.iter().copied().chain(view.miners(sliver));
+    for p in committers.copied().chain(others) {
+        if p.peer != me && !holders.contains(&p.peer) {
+            holders.push(p.peer);
         }
     }
-    Err(SyncError::NotServed { sliver, hash: last_hash, tried })
+    for &peer in &holders {
+        let fetch = client.fetch_blob(peer, c.hash, size);
+        match tokio::time::timeout(Duration::from_secs(10), fetch).await {
+            Ok(Ok(bytes)) => match decode_flat(&bytes, &like) {
+                Ok(flat) => {
+                    tracing::info!(%peer, sliver, epoch = ended, committers = ?c.committers, of = uids.len(), "weights synced from a replica (hash committed on chain by a majority)");
+                    return Ok((State::from_flat(flat), peer));
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "committed state does not decode"),
+            },
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "holder did not serve the committed weights; asking the next")
+            }
+            Err(_) => tracing::info!(%peer, "holder too slow; asking the next"),
+        }
+    }
+    Err(SyncError::NotServed { sliver, hash: hex(&c.hash), tried: holders.len() })
 }
 
 fn hex(h: &[u8; 32]) -> String {
@@ -210,28 +192,24 @@ mod tests {
     }
 
     #[test]
-    fn the_hash_most_replicas_committed_wins_and_ties_go_to_the_lowest_uid() {
+    fn only_a_hash_a_strict_majority_of_the_replicas_committed_is_accepted() {
         // Three replicas: two agree, one lies.
-        let (list, decided) =
+        let (list, ok) =
             candidates(&[(4, c(8, 1, 100)), (2, c(8, 9, 100)), (7, c(8, 1, 100))], 8, 3);
-        assert!(decided);
-        assert_eq!(list[0].hash, [1; 32]);
-        assert_eq!(list[0].committers, vec![4, 7]);
+        assert_eq!(ok.unwrap().committers, vec![4, 7]);
         assert_eq!(list[1].committers, vec![2]);
         // Commitments of other epochs do not count.
-        let (list, _) = candidates(&[(4, c(7, 1, 100)), (2, c(8, 9, 100)), (5, None)], 8, 3);
+        let (list, ok) = candidates(&[(4, c(7, 1, 100)), (2, c(8, 9, 100)), (5, None)], 8, 3);
         assert_eq!(list.len(), 1);
-        assert_eq!(list[0].hash, [9; 32]);
-        // A tie: the lowest uid's hash first, and not decided while one could still break it.
-        let (list, decided) = candidates(&[(6, c(8, 1, 100)), (3, c(8, 2, 100))], 8, 3);
+        assert!(ok.is_none(), "one of three is no majority");
+        // A lone committer of two replicas (the other did not train) is no majority either:
+        // it could be a liar.
+        assert!(candidates(&[(6, c(8, 1, 100)), (3, None)], 8, 2).1.is_none());
+        // A tie is no majority; the order still puts the lowest uid first.
+        let (list, ok) = candidates(&[(6, c(8, 1, 100)), (3, c(8, 2, 100))], 8, 2);
         assert_eq!(list[0].hash, [2; 32]);
-        assert!(!decided);
-        let (_, decided) = candidates(&[(6, c(8, 1, 100)), (3, c(8, 2, 100))], 8, 2);
-        assert!(!decided, "a tie with everyone committed stays a tie");
-        let (_, decided) = candidates(&[(6, c(8, 1, 100))], 8, 2);
-        assert!(!decided, "one of two could still be outvoted");
-        let (_, decided) = candidates(&[(6, c(8, 1, 100)), (3, c(8, 1, 100))], 8, 2);
-        assert!(decided);
-        assert_eq!(candidates(&[], 8, 2), (Vec::new(), false));
+        assert!(ok.is_none());
+        assert!(candidates(&[(6, c(8, 1, 100)), (3, c(8, 1, 100))], 8, 2).1.is_some());
+        assert_eq!(candidates(&[], 8, 2), (Vec::new(), None));
     }
 }

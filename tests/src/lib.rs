@@ -116,6 +116,19 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM (what a service manager's stop sends); the process decides how to end.
+    pub fn terminate(&self) -> Result<(), String> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -TERM {} failed", self.child.id()))
+        }
+    }
+
     /// Every line so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
