@@ -23,9 +23,12 @@
 //! stage records after its gate and its own checks), so a stranger cannot fill the budget.
 //! Audits are answered to registered validators only (the transport refuses the others), at
 //! most [`MAX_CONCURRENT`] at once, and the blobs they publish go to the transport's audit
-//! store, apart from the pseudo-gradients and weights replicas fetch. Epochs older than the previous one are deleted at each boundary. A restarted miner
-//! starts the log of its current epoch afresh, because its step numbers start again from zero;
-//! the previous epoch's log stays answerable.
+//! store, apart from the pseudo-gradients and weights replicas fetch.
+//!
+//! Epochs older than the previous one are deleted at each boundary. A restarted miner appends
+//! to the log of its current epoch: it numbers its steps from the time when it enters a sliver
+//! (`Stage::start_steps_at`), so it never repeats a key, and what it did before the restart
+//! stays auditable.
 //!
 //! The log stops growing at its disk budget (a warning says so once per epoch); micro-batches
 //! not recorded are answered "not kept", which a validator counts against the miner. A
@@ -174,9 +177,11 @@ impl AuditLog {
             }
         }
         let path = inner.dir.join(format!("epoch-{epoch}.log"));
-        if let Some(old) = inner.epochs.remove(&epoch) {
-            // Left by an earlier process of this miner: its steps are numbered again from zero.
-            withdrawn.extend(old.published);
+        if let Some(old) = inner.epochs.get_mut(&epoch) {
+            // Left by an earlier process of this miner: it stays answerable and new entries are
+            // appended after it.
+            old.writable = true;
+            return withdrawn;
         }
         match EpochLog::create(&path) {
             Ok(log) => {
@@ -631,7 +636,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_starts_the_current_epoch_afresh() {
+    fn a_restart_appends_to_the_current_epoch() {
         let dir = tempdir();
         let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
         log.begin_epoch(3);
@@ -640,9 +645,15 @@ mod tests {
         log.record(Some(w), &h, None, &p);
         drop(log);
         let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
-        assert!(log.answer(&req(3, 0, 0)).unwrap().is_some(), "readable before it restarts");
         log.begin_epoch(3);
-        assert!(log.answer(&req(3, 0, 0)).unwrap().is_none(), "step 0 will be trained again");
+        assert!(log.answer(&req(3, 0, 0)).unwrap().is_some(), "what came before stays auditable");
+        let w2 = log.snapshot(3, b"w2").unwrap();
+        let (h2, p2) = header(3, 5, 0, Direction::Activation);
+        log.record(Some(w2), &h2, None, &p2);
+        drop(log);
+        let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
+        assert!(log.answer(&req(3, 0, 0)).unwrap().is_some());
+        assert!(log.answer(&req(3, 5, 0)).unwrap().is_some(), "and what came after");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -24,9 +24,39 @@ use sliver_p2p::{Direction, FrameGate, FrameHeader, PeerId, Refusal};
 /// Route, step, micro-batch.
 pub type Key = (u64, u64, u64);
 
-/// Keys remembered per epoch at most (activations accepted); beyond it new ones are refused
-/// until the next epoch.
+/// Activation keys remembered (the latest ones accepted this epoch); older ones are forgotten,
+/// so a long epoch never fills the set. A key is only ever sent once by an honest miner (its
+/// step numbers only grow), so forgetting the oldest costs nothing but a late duplicate.
 const MAX_KEYS: usize = 1 << 16;
+
+/// The last `cap` keys, oldest forgotten first.
+#[derive(Debug)]
+struct Recent {
+    cap: usize,
+    order: std::collections::VecDeque<(Option<PeerId>, Key)>,
+    set: HashSet<(Option<PeerId>, Key)>,
+}
+
+impl Recent {
+    fn new(cap: usize) -> Self {
+        Recent { cap, order: Default::default(), set: HashSet::new() }
+    }
+
+    fn contains(&self, k: &(Option<PeerId>, Key)) -> bool {
+        self.set.contains(k)
+    }
+
+    fn insert(&mut self, k: (Option<PeerId>, Key)) {
+        if self.set.insert(k) {
+            self.order.push_back(k);
+            if self.order.len() > self.cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
 
 /// Who may send what to one stage this epoch.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +82,7 @@ struct State {
     pending: HashMap<Key, PeerId>,
     /// Activation keys accepted this epoch (with the sender on the last sliver, which answers
     /// at once and forwards nothing).
-    seen: HashSet<(Option<PeerId>, Key)>,
+    seen: Recent,
 }
 
 /// The gate of one stage (shared with the transport through an `Arc`).
@@ -95,7 +125,7 @@ impl StageGate {
                 output: shape(cfg.output),
                 neighbours: Neighbours::default(),
                 pending: HashMap::new(),
-                seen: HashSet::new(),
+                seen: Recent::new(MAX_KEYS),
             }),
         }
     }
@@ -111,10 +141,18 @@ impl StageGate {
 
     /// Moves to `epoch`: what was pending or seen is forgotten.
     pub fn set_epoch(&self, epoch: u64) {
+        self.enter_epoch(epoch, None);
+    }
+
+    /// Moves to `epoch` and, if given, its neighbours, in one step.
+    pub fn enter_epoch(&self, epoch: u64, neighbours: Option<Neighbours>) {
         self.with(|s| {
             s.epoch = epoch;
             s.pending.clear();
-            s.seen.clear();
+            s.seen = Recent::new(MAX_KEYS);
+            if let Some(n) = neighbours {
+                s.neighbours = n;
+            }
         });
     }
 
@@ -172,12 +210,11 @@ impl StageGate {
                 }
                 let id = (s.last.then_some(*peer), key);
                 if s.seen.contains(&id) {
-                    return Err(Refusal::strike("a micro-batch already in flight here"));
+                    // No strike: on a middle sliver another miner of the previous sliver may
+                    // have sent this key first (first wins), and nobody's retry should cost.
+                    return Err(Refusal::benign("a micro-batch already in flight here"));
                 }
                 if take {
-                    if s.seen.len() >= MAX_KEYS {
-                        return Err(Refusal::benign("too many micro-batches this epoch"));
-                    }
                     s.seen.insert(id);
                 }
                 Ok(())
@@ -275,7 +312,11 @@ mod tests {
             routes: 2,
         });
         assert_eq!(g.accept(&a, &act(0, 0, 0)), Ok(()));
-        assert!(g.accept(&a, &act(0, 0, 0)).unwrap_err().strike, "the same micro-batch twice");
+        assert_eq!(
+            g.accept(&a, &act(0, 0, 0)).map_err(|r| r.strike),
+            Err(false),
+            "the same micro-batch twice"
+        );
         assert_eq!(g.accept(&b, &act(1, 0, 0)), Ok(()));
         assert!(g.check(&b, &act(0, 0, 1)).unwrap_err().strike, "another miner's route");
         assert!(g.check(&stranger, &act(0, 0, 1)).unwrap_err().strike, "not assigned");

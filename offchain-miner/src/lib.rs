@@ -10,7 +10,7 @@
 //! - [`stage`]: one sliver's trainer wired to the P2P transport (activations forward,
 //!   gradients back, optimiser steps, neighbours that vanish routed around); [`gate`]: what the
 //!   transport lets through to it, checked against the chain's assignment, before a receipt is
-//!   signed.
+//!   signed; [`outbox`]: what it sends without waiting, so a silent neighbour cannot stall it.
 //! - [`merge`]: pseudo-gradients and merged states over the network, combined robustly;
 //!   [`sync`]: taking a sliver's merged state only by the hash its replicas committed on chain.
 //! - [`routing`]: neighbours, the next hop, who to tell when leaving; [`presence`]: leaving and
@@ -31,6 +31,7 @@ pub mod gate;
 pub mod ledger;
 pub mod merge;
 pub mod miner;
+pub mod outbox;
 pub mod presence;
 pub mod routing;
 pub mod run;

@@ -123,8 +123,10 @@ pub struct Context {
 pub struct Miner {
     ctx: Context,
     views: watch::Receiver<Arc<ChainView>>,
-    /// The view of the epoch the miner is in.
+    /// The view of the epoch the miner is in (its assignment as the epoch began).
     view: Arc<ChainView>,
+    /// The chain task's latest view, as last handled.
+    refreshed: Arc<ChainView>,
     frames: mpsc::Receiver<IncomingFrame>,
     epoch: watch::Receiver<u64>,
     mode: Mode,
@@ -153,6 +155,7 @@ impl Miner {
         Miner {
             ctx,
             views,
+            refreshed: view.clone(),
             view,
             frames,
             epoch,
@@ -205,13 +208,14 @@ impl Miner {
             if latest.sliver_of(self.ctx.uid).is_some() {
                 return Event::Assigned(latest);
             }
-            self.view = latest;
+            self.view = latest.clone();
+            self.refreshed = latest;
             return Event::Idle;
         }
         if latest.epoch != self.view.epoch {
             return Event::Boundary(latest);
         }
-        if !Arc::ptr_eq(&latest, &self.view) {
+        if !Arc::ptr_eq(&latest, &self.refreshed) {
             return Event::Refresh(latest);
         }
         let open = self.window_open();
@@ -243,6 +247,7 @@ impl Miner {
     async fn on_assigned(&mut self, view: Arc<ChainView>) -> anyhow::Result<Flow> {
         let sliver = view.sliver_of(self.ctx.uid).ok_or_else(|| anyhow!("not assigned"))?;
         self.view = view.clone();
+        self.refreshed = view.clone();
         self.set_admission().await;
         connect_neighbours(&self.ctx.client, &view, sliver).await;
         let ended = view.epoch.saturating_sub(1);
@@ -262,6 +267,8 @@ impl Miner {
     /// The epoch changed: merge, commit, follow the new assignment.
     async fn on_boundary(&mut self, new: Arc<ChainView>) -> anyhow::Result<Flow> {
         let ended = self.view.epoch;
+        // Nothing is receipted while merging: the stage would not process it.
+        self.ctx.client.set_frame_gate(Some(Arc::new(Closed)));
         self.report_work(0.0, None);
         let mut untrained = false;
         if let Some(t) = self.training.as_mut() {
@@ -277,6 +284,7 @@ impl Miner {
         }
         let previous = self.sliver();
         self.view = new.clone();
+        self.refreshed = new.clone();
         match new.sliver_of(self.ctx.uid) {
             Some(s) if Some(s) != previous => {
                 connect_neighbours(&self.ctx.client, &new, s).await;
@@ -304,8 +312,7 @@ impl Miner {
             None => tracing::info!("not assigned this epoch"),
         }
         if let Some(t) = self.training.as_mut() {
-            t.stage.set_epoch(new.epoch);
-            t.stage.set_neighbours(neighbours_of(&new, t.sliver));
+            t.stage.enter_epoch(new.epoch, Some(neighbours_of(&new, t.sliver)));
         }
         self.routing.reset();
         self.ctx.presence.new_epoch();
@@ -325,10 +332,16 @@ impl Miner {
         Ok(Flow::Continue)
     }
 
-    /// New registrations or a reconnect within the epoch.
+    /// New registrations or a reconnect within the epoch. The assignment stays the one the
+    /// epoch began with: a uid freed mid-epoch would otherwise renumber every later route,
+    /// and neighbours that refreshed at different moments would disagree about whose route is
+    /// whose.
     async fn on_refresh(&mut self, view: Arc<ChainView>) -> Flow {
         let registry_changed = view.participants != self.view.participants;
-        self.view = view;
+        let mut frozen = (*view).clone();
+        frozen.assignment = self.view.assignment.clone();
+        self.view = Arc::new(frozen);
+        self.refreshed = view;
         if registry_changed {
             self.set_admission().await;
         }
@@ -536,6 +549,12 @@ impl Miner {
         let telemetry = self.ctx.telemetry.clone();
         self.commits.retain(|h| !h.is_finished());
         self.commits.push(tokio::spawn(async move {
+            // A commitment is read as the merge of the epoch before the one it lands in: one
+            // that could only land later would be read as another epoch's, so it is not sent.
+            if chain.view().epoch > ended + 1 {
+                tracing::warn!(epoch = ended, "too late to commit this merge; skipped");
+                return;
+            }
             match commit(&chain, account, uid, m.hash, m.size, steps).await {
                 Ok(()) => telemetry.send(Tm::Committed),
                 Err(e) => tracing::warn!(error = %e, "weight commitment not published"),
@@ -605,8 +624,9 @@ impl Miner {
         if let Some(old) = &self.training {
             self.carried_steps += old.stage.steps();
         }
-        training.stage.set_epoch(self.view.epoch);
-        training.stage.set_neighbours(neighbours_of(&self.view, training.sliver));
+        training
+            .stage
+            .enter_epoch(self.view.epoch, Some(neighbours_of(&self.view, training.sliver)));
         // Mid-epoch (a restart, a first assignment) step numbers must not repeat what this
         // miner sent before in this epoch: number them from the time in milliseconds.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);

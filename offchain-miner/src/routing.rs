@@ -216,11 +216,11 @@ pub struct Speeds(HashMap<PeerId, f64>);
 
 impl Speeds {
     /// Records a step of `completed` micro-batches through `peer` that took `took`.
+    /// A step that completed nothing counts as one micro-batch that took the whole step: a
+    /// neighbour that swallows activations (a black hole) is measured slow and loses its routes
+    /// to the ones that answer, instead of staying "not measured yet" and tried again.
     pub fn record(&mut self, peer: PeerId, completed: u64, took: Duration) {
-        if completed == 0 {
-            return;
-        }
-        let sample = took.as_secs_f64() / completed as f64;
+        let sample = took.as_secs_f64() / completed.max(1) as f64;
         let v = self.0.entry(peer).or_insert(sample);
         *v = 0.7 * *v + 0.3 * sample;
     }
@@ -280,5 +280,11 @@ mod tests {
             (0..3).map(|r| choose_next(live.clone(), &speeds, r).unwrap().0).collect();
         assert_eq!(picks, vec![p[0], p[1], p[2]]);
         assert_eq!(choose_next(Vec::new(), &speeds, 0), None);
+        // A black hole: steps through p3 complete nothing and take the whole timeout.
+        let live = vec![(p[0], ms(2)), (p[3], ms(2))];
+        speeds.record(p[3], 0, ms(3000));
+        let picks: Vec<PeerId> =
+            (0..4).map(|r| choose_next(live.clone(), &speeds, r).unwrap().0).collect();
+        assert_eq!(picks, vec![p[0]; 4], "measured slow, it gets no route");
     }
 }

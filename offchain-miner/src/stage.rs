@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::audit::AuditLog;
 use crate::gate::{GateConfig, Neighbours, StageGate};
+use crate::outbox::{Outbox, Outcome};
 
 /// What a stage needs to know about the run it trains in.
 #[derive(Clone, Debug)]
@@ -151,6 +152,10 @@ pub struct Stage {
     gate: Arc<StageGate>,
     /// Neighbours whose frames went into the step being accumulated.
     step_peers: HashSet<PeerId>,
+    /// Frames sent without waiting for their receipt.
+    outbox: Outbox,
+    /// Relayed micro-batches waiting for their gradient: to whom, since when.
+    forwarded: HashMap<Key, (PeerId, tokio::time::Instant)>,
     /// Strikes to send after a step.
     pending_strikes: Vec<(PeerId, String)>,
     /// Counters since start.
@@ -197,6 +202,8 @@ impl Stage {
             unreachable: None,
             gate,
             step_peers: HashSet::new(),
+            outbox: Outbox::default(),
+            forwarded: HashMap::new(),
             pending_strikes: Vec::new(),
             counters: StageCounters::default(),
         }
@@ -253,7 +260,18 @@ impl Stage {
     /// The next-sliver miner that a forward of a middle sliver could not be delivered to since
     /// the last call, for the caller to route around.
     pub fn take_unreachable(&mut self) -> Option<PeerId> {
+        self.collect_sent();
         self.unreachable.take()
+    }
+
+    /// Waits (at most `frame_timeout`... here `limit`) until the frames sent in the background
+    /// have their outcome, and counts them.
+    pub async fn flush(&mut self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.outbox.outstanding() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.collect_sent();
     }
 
     /// Sets the route (data replica) of the micro-batches this first sliver starts.
@@ -265,8 +283,16 @@ impl Stage {
     /// Also forgets what the ended epoch left pending: micro-batches whose gradients will not
     /// come, and gradients accumulated on weights the merge has since replaced.
     pub fn set_epoch(&mut self, epoch: u64) {
+        self.enter_epoch(epoch, None);
+    }
+
+    /// [`Stage::set_epoch`], with this epoch's neighbours set in the same moment (never the new
+    /// epoch with the old epoch's neighbours).
+    pub fn enter_epoch(&mut self, epoch: u64, neighbours: Option<Neighbours>) {
+        self.collect_sent();
         self.cfg.epoch = epoch;
-        self.gate.set_epoch(epoch);
+        self.gate.enter_epoch(epoch, neighbours);
+        self.forwarded.clear();
         self.step_peers.clear();
         self.next_step = 0;
         self.trainer.zero_grad();
@@ -318,6 +344,107 @@ impl Stage {
 
     /// Sends one frame; a delivered frame is recorded in the audit log with its receipt (and
     /// `weights`, the snapshot of a forward that starts here).
+    fn header(
+        &self,
+        key: Key,
+        direction: Direction,
+        payload: &[u8],
+    ) -> Result<FrameHeader, P2pError> {
+        let (route, step, mb) = key;
+        let h = FrameHeader::for_payload(
+            self.cfg.run,
+            self.cfg.epoch,
+            step,
+            mb,
+            route,
+            self.index(),
+            direction,
+            payload,
+        )
+        .map_err(P2pError::Frame)?;
+        // What a neighbour would refuse (and strike this miner for) is not sent at all.
+        h.check_payload_within(payload, self.client.max_abs_value()).map_err(P2pError::Frame)?;
+        Ok(h)
+    }
+
+    /// Sends a gradient back, or relays an activation, in the background (see
+    /// [`crate::outbox`]); a relayed activation's gradient is awaited from `peer`.
+    fn send_later(
+        &mut self,
+        peer: PeerId,
+        key: Key,
+        direction: Direction,
+        payload: Vec<u8>,
+    ) -> bool {
+        let forward = direction == Direction::Activation;
+        let header = match self.header(key, direction, &payload) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "frame not sent: outside the bounds neighbours accept");
+                return false;
+            }
+        };
+        if forward {
+            self.gate.expect(key, peer);
+            self.forwarded.insert(key, (peer, tokio::time::Instant::now()));
+        }
+        let sent =
+            self.outbox.send(&self.client, peer, key, forward, header, payload, self.audit.clone());
+        if !sent {
+            tracing::warn!(%peer, "too many frames in flight to slow neighbours; frame dropped");
+            if forward {
+                self.gate.forget(&key);
+                self.forwarded.remove(&key);
+            }
+        }
+        sent
+    }
+
+    /// Takes the outcomes of background sends: counts what was delivered; a relayed activation
+    /// that was not drops its micro-batch; a micro-batch forwarded longer than `grad_timeout`
+    /// ago without its gradient is dropped, and its next hop named unreachable.
+    fn collect_sent(&mut self) {
+        for o in self.outbox.collect() {
+            match o {
+                Outcome::Delivered { bytes } => {
+                    self.counters.frames_sent += 1;
+                    self.counters.bytes_sent += bytes;
+                }
+                Outcome::Failed { key, peer, forward, peer_fault, error } => {
+                    tracing::warn!(%peer, %error, forward, "frame not delivered");
+                    if forward && self.forwarded.remove(&key).is_some() {
+                        self.drop_forwarded(key);
+                        if peer_fault {
+                            self.unreachable = Some(peer);
+                        }
+                    }
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let late: Vec<(Key, PeerId)> = self
+            .forwarded
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) > self.cfg.grad_timeout)
+            .map(|(k, (p, _))| (*k, *p))
+            .collect();
+        for (key, peer) in late {
+            tracing::warn!(%peer, "no gradient within {:?}; micro-batch dropped", self.cfg.grad_timeout);
+            self.forwarded.remove(&key);
+            self.drop_forwarded(key);
+            self.unreachable = Some(peer);
+        }
+    }
+
+    fn drop_forwarded(&mut self, key: Key) {
+        self.gate.forget(&key);
+        self.origin.remove(&key);
+        if let Some(id) = self.ids.remove(&key) {
+            self.trainer.abandon(id);
+        }
+        self.dropped += 1;
+    }
+
     async fn send(
         &mut self,
         peer: PeerId,
@@ -326,18 +453,7 @@ impl Stage {
         payload: Vec<u8>,
         weights: Option<[u8; 32]>,
     ) -> Result<(), P2pError> {
-        let (route, step, mb) = key;
-        let header = FrameHeader::for_payload(
-            self.cfg.run,
-            self.cfg.epoch,
-            step,
-            mb,
-            route,
-            self.index(),
-            direction,
-            &payload,
-        )
-        .map_err(P2pError::Frame)?;
+        let header = self.header(key, direction, &payload)?;
         let receipt = self.client.send_frame(peer, &header, &payload).await?;
         self.counters.frames_sent += 1;
         self.counters.bytes_sent += payload.len() as u64;
@@ -365,6 +481,12 @@ impl Stage {
         let mut pending = HashSet::new();
         let mut dropped = 0;
         for mb in 0..self.cfg.micro_batches {
+            if dropped > 0 {
+                // The next hop failed a send already (gone, refusing, or silent until the
+                // timeout): the rest of the step is not sent to it.
+                dropped += 1;
+                continue;
+            }
             let tokens = self.data.micro_batch(Split::Train, self.key_of(step, mb), batch, seq)?;
             let key = (self.cfg.route, step, mb);
             let id = self.id_for(key);
@@ -463,6 +585,7 @@ impl Stage {
         if self.trainer.spec.is_first() {
             return Err(StageError::Role("the first sliver drives with first_step".into()));
         }
+        self.collect_sent();
         let h = frame.header.clone();
         let key = (h.route, h.step, h.micro_batch);
         let (batch, seq, width) = (self.cfg.batch, self.cfg.seq, self.width());
@@ -494,17 +617,12 @@ impl Stage {
                     let computed = compute(|| {
                         self.trainer.forward_backward_last(SliverInput::Hidden(x), targets, scale)
                     });
-                    // Activations that make the loss diverge are the sender's problem.
+                    // Activations that make the loss diverge are dropped (no strike: a relay
+                    // passes on what it was given; the validator's replay finds the origin).
                     let (loss, grad) = match computed {
                         Ok(v) => v,
                         Err(e) => {
                             self.refuse(&frame, &e.to_string());
-                            self.client
-                                .strike(
-                                    frame.peer,
-                                    format!("activation made the loss diverge: {e}"),
-                                )
-                                .await;
                             self.dropped += 1;
                             return Ok(None);
                         }
@@ -514,11 +632,7 @@ impl Stage {
                     self.losses.push(loss);
                     if let Some(g) = grad {
                         let payload = encode_tensor(self.cfg.codec, &g);
-                        if let Err(e) =
-                            self.send(frame.peer, key, Direction::Gradient, payload, None).await
-                        {
-                            tracing::warn!(peer = %frame.peer, error = %e, "gradient not delivered");
-                        }
+                        self.send_later(frame.peer, key, Direction::Gradient, payload);
                     }
                     self.done += 1;
                 } else {
@@ -548,18 +662,11 @@ impl Stage {
                     self.record_received(weights, &frame);
                     let payload = encode_tensor(self.cfg.codec, &out);
                     self.origin.insert(key, frame.peer);
-                    self.gate.expect(key, next);
-                    match self.send(next, key, Direction::Activation, payload, None).await {
-                        Ok(()) => {}
-                        Err(e) => {
-                            tracing::warn!(peer = %next, error = %e, "activation not delivered; micro-batch dropped");
-                            self.gate.forget(&key);
-                            self.origin.remove(&key);
-                            self.trainer.abandon(id);
-                            self.ids.remove(&key);
-                            self.dropped += 1;
-                            self.unreachable = Some(next);
-                        }
+                    if !self.send_later(next, key, Direction::Activation, payload) {
+                        self.origin.remove(&key);
+                        self.trainer.abandon(id);
+                        self.ids.remove(&key);
+                        self.dropped += 1;
                     }
                     return Ok(None);
                 }
@@ -570,6 +677,7 @@ impl Stage {
                     self.refuse(&frame, "a gradient for no pending micro-batch");
                     return Ok(None);
                 };
+                self.forwarded.remove(&key);
                 let g =
                     match decode_tensor(&frame.payload, [batch, seq, width], self.trainer.device())
                     {
@@ -584,10 +692,7 @@ impl Stage {
                 self.step_peers.insert(frame.peer);
                 if let Some(grad_in) = compute(|| self.trainer.backward(id, g))? {
                     let payload = encode_tensor(self.cfg.codec, &grad_in);
-                    if let Err(e) = self.send(origin, key, Direction::Gradient, payload, None).await
-                    {
-                        tracing::warn!(peer = %origin, error = %e, "gradient not delivered");
-                    }
+                    self.send_later(origin, key, Direction::Gradient, payload);
                 }
                 self.done += 1;
             }

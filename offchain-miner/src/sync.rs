@@ -123,7 +123,10 @@ pub async fn committed_state(
         return Err(SyncError::NoAssignment(ended));
     }
     let replicas = view.previous_miners(sliver);
-    let uids: Vec<Uid> = replicas.iter().map(|p| p.uid).collect();
+    // Every uid assigned in that epoch counts towards the majority, also one that deregistered
+    // since: leaving does not hand the vote to whoever stays.
+    let uids: Vec<Uid> =
+        view.previous.as_ref().and_then(|(_, s)| s.get(&sliver)).cloned().unwrap_or_default();
     let began = Instant::now();
     let (list, accepted) = loop {
         let ask = uids.clone();

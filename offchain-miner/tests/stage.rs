@@ -94,6 +94,7 @@ async fn two_miners_train_across_the_network_and_the_loss_falls() {
                 break;
             }
         }
+        last.flush(Duration::from_secs(5)).await;
         (losses, last.counters.clone())
     });
 

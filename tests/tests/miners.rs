@@ -232,6 +232,10 @@ async fn bad_configurations_fail_with_clear_errors() {
         out.contains("cannot reach a Sliver node at") && out.contains("sliver-node --dev"),
         "{out}"
     );
+    // A node on another machine over plain ws:// is refused before anything is sent to it.
+    let (code, out) = run(&["status"], "ws://10.0.0.1:9944", "//Bob");
+    assert_eq!(code, 1);
+    assert!(out.contains("refusing plain ws://") && out.contains("--insecure-rpc"), "{out}");
     // No account anywhere.
     let (code, out) = run(&["status"], &dead, "");
     assert_eq!(code, 1);

@@ -106,21 +106,28 @@ impl InboundBudget {
     }
 
     /// Grows `buf` to hold at least `more` further bytes (at most `cap` in all), taking the
-    /// added capacity from the global budget first (waits while other frames hold it).
-    pub async fn grow(&self, buf: &mut Vec<u8>, more: usize, cap: usize, permit: &mut FramePermit) {
+    /// added capacity from the global budget first; false (nothing grown) if the global budget
+    /// does not hold it now.
+    pub fn grow(
+        &self,
+        buf: &mut Vec<u8>,
+        more: usize,
+        cap: usize,
+        permit: &mut FramePermit,
+    ) -> bool {
         let need = buf.len() + more;
         if need <= buf.capacity() {
-            return;
+            return true;
         }
         let target = need.max(buf.capacity().saturating_mul(2)).max(MIN_GROWTH).min(cap.max(need));
         let add = units((target - buf.capacity()) as u64);
-        if let Ok(p) = self.global.clone().acquire_many_owned(add).await {
-            match &mut permit.global {
-                Some(held) => held.merge(p),
-                None => permit.global = Some(p),
-            }
+        let Ok(p) = self.global.clone().try_acquire_many_owned(add) else { return false };
+        match &mut permit.global {
+            Some(held) => held.merge(p),
+            None => permit.global = Some(p),
         }
         buf.reserve_exact(target - buf.len());
+        true
     }
 
     /// Forgets the entry of `peer` when nothing of it is held.
@@ -201,12 +208,16 @@ mod tests {
         let pending = tokio::time::timeout(Duration::from_millis(50), b.reserve(p, 200 << 10));
         assert!(pending.await.is_err());
         let mut buf = Vec::new();
-        b.grow(&mut buf, 10, 200 << 10, &mut f1).await;
+        assert!(b.grow(&mut buf, 10, 200 << 10, &mut f1));
         assert!(buf.capacity() >= MIN_GROWTH && buf.capacity() <= 200 << 10);
         assert!(b.held_bytes() >= MIN_GROWTH as u64 && b.held_bytes() <= 200 << 10);
         drop(f1);
         assert_eq!(b.held_bytes(), 0, "released with the frame");
-        let _f2 = b.reserve(p, 200 << 10).await.unwrap();
+        let mut f2 = b.reserve(p, 200 << 10).await.unwrap();
+        // The global budget (1 MiB here) refuses growth past it instead of waiting.
+        let mut big = Vec::new();
+        assert!(!b.grow(&mut big, 2 << 20, 2 << 20, &mut f2), "more than the global budget");
+        assert!(big.capacity() == 0);
         // Another peer has its own budget.
         let q = PeerId::random();
         assert!(b.reserve(q, 250 << 10).await.is_some());

@@ -20,6 +20,7 @@
 //! task bans it after `max_strikes`. Everything is bounded by `frame_timeout`.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -117,8 +118,12 @@ impl Receiver {
             return;
         };
         let timeout = self.client.config.frame_timeout;
-        let outcome = match tokio::time::timeout(timeout, self.receive(peer, &mut stream)).await {
+        // Time spent waiting on this node's own budgets or queue is not the sender's fault.
+        let waiting_here = AtomicBool::new(false);
+        let received = self.receive(peer, &mut stream, &waiting_here);
+        let outcome = match tokio::time::timeout(timeout, received).await {
             Ok(r) => r,
+            Err(_) if waiting_here.load(Relaxed) => Err(Refusal::benign(BUSY)),
             Err(_) => Err(Refusal::strike(format!("frame not complete within {timeout:?}"))),
         };
         drop(slot);
@@ -147,6 +152,7 @@ impl Receiver {
         &self,
         peer: PeerId,
         stream: &mut libp2p::Stream,
+        waiting_here: &AtomicBool,
     ) -> Result<[u8; 32], Refusal> {
         let cfg = &self.client.config;
         let mut len = [0u8; 2];
@@ -159,30 +165,37 @@ impl Receiver {
         stream.read_exact(&mut header).await.map_err(|e| gone("header", e))?;
         let header = FrameHeader::decode(&header)?;
         header.check_len(cfg.max_frame_bytes)?;
-        let gate = self.gate.borrow().clone();
+        // A sender retries a stream that was reset after delivery: the same frame is receipted
+        // again but delivered once, and the gate (which took it the first time) is not asked.
+        let hash = header.hash();
+        let again = self.seen.lock().map(|s| s.contains(&(peer, hash))).unwrap_or(false);
+        let gate = if again { None } else { self.gate.borrow().clone() };
         if let Some(g) = &gate {
             g.check(&peer, &header)?;
         }
+        waiting_here.store(true, Relaxed);
         let mut permit = self.budget.reserve(peer, header.payload_len).await.ok_or_else(|| {
             Refusal::strike(format!(
                 "a frame of {} bytes exceeds this node's per-peer budget",
                 header.payload_len
             ))
         })?;
+        waiting_here.store(false, Relaxed);
         let payload = self.read_payload(stream, header.payload_len as usize, &mut permit).await?;
         header.check_payload_within(&payload, cfg.max_abs_value)?;
-        if let Some(g) = &gate {
-            g.accept(&peer, &header)?;
-        }
-        let hash = header.hash();
-        // A sender retries a stream that was reset after delivery: sign again, but deliver once.
-        let fresh = self.seen.lock().map(|mut s| s.insert((peer, hash))).unwrap_or(true);
-        if !fresh {
+        if again {
             tracing::debug!(%peer, "a frame delivered before arrived again");
             return Ok(hash);
         }
+        if let Some(g) = &gate {
+            g.accept(&peer, &header)?;
+        }
+        if let Ok(mut s) = self.seen.lock() {
+            s.insert((peer, hash));
+        }
         let frame = IncomingFrame { peer, header, payload, _permit: Some(permit) };
         self.client.metrics.inbound_bytes.set(self.budget.held_bytes() as i64);
+        waiting_here.store(true, Relaxed);
         self.frames.send(frame).await.map_err(|_| Refusal::benign("receiver is shutting down"))?;
         Ok(hash)
     }
@@ -199,7 +212,12 @@ impl Receiver {
         let mut chunk = vec![0u8; READ_CHUNK.min(len.max(1))];
         while payload.len() < len {
             let want = (len - payload.len()).min(chunk.len());
-            self.budget.grow(&mut payload, want, len, permit).await;
+            // All peers together hold what the global budget allows: a frame that cannot grow
+            // is refused as busy (its sender retries) rather than waiting, so partly read frames
+            // never wait on each other.
+            if !self.budget.grow(&mut payload, want, len, permit) {
+                return Err(Refusal::benign(BUSY));
+            }
             self.client.metrics.inbound_bytes.set(self.budget.held_bytes() as i64);
             let n = stream.read(&mut chunk[..want]).await.map_err(|e| gone("payload", e))?;
             if n == 0 {
@@ -235,6 +253,11 @@ pub(crate) struct Recent<K> {
 impl<K: std::hash::Hash + Eq + Clone> Recent<K> {
     pub(crate) fn new(cap: usize) -> Self {
         Recent { cap: cap.max(1), order: VecDeque::new(), set: HashSet::new() }
+    }
+
+    /// Whether `key` is among the last `cap` keys.
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        self.set.contains(key)
     }
 
     /// True if `key` was not among the last `cap` keys.

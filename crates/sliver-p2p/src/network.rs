@@ -161,6 +161,8 @@ impl NetworkConfig {
     pub fn with_max_frame(mut self, bytes: u64) -> Self {
         self.max_frame_bytes = bytes;
         self.max_peer_buffered_bytes = bytes.saturating_mul(2).max(1 << 20);
+        // Room for at least eight peers' largest frames at once.
+        self.max_buffered_bytes = self.max_buffered_bytes.max(bytes.saturating_mul(8));
         self
     }
 }
@@ -568,6 +570,12 @@ impl Client {
     /// before it is read, delivered and receipted.
     pub fn set_frame_gate(&self, gate: Option<Arc<dyn FrameGate>>) {
         self.gate.send_replace(gate);
+    }
+
+    /// The largest magnitude this node accepts in a frame's values (what it should not send
+    /// either: a neighbour with the same bound would refuse it and strike).
+    pub fn max_abs_value(&self) -> f32 {
+        self.config.max_abs_value
     }
 
     /// The transport's metric handles.

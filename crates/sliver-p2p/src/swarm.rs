@@ -193,9 +193,11 @@ impl SwarmTask {
     fn strike(&mut self, peer: PeerId, reason: &str) {
         self.metrics.strikes.inc();
         if self.strikes.len() >= MAX_STRUCK && !self.strikes.contains_key(&peer) {
-            // Forget the peers with the fewest strikes rather than grow without bound.
-            let least = self.strikes.values().copied().min().unwrap_or(0);
-            self.strikes.retain(|_, n| *n > least);
+            // Forget one of the peers with the fewest strikes rather than grow without bound.
+            let least = self.strikes.iter().min_by_key(|(_, n)| **n).map(|(p, _)| *p);
+            if let Some(p) = least {
+                self.strikes.remove(&p);
+            }
         }
         let n = self.strikes.entry(peer).or_insert(0);
         *n += 1;

@@ -215,6 +215,7 @@ async fn network(
                     _ = stop.changed() => break,
                 }
             }
+            last.flush(Duration::from_secs(5)).await;
             last.counters
         }));
         let mut first = Stage::new(trainer(0)?, c0.clone(), data.clone(), stage_config(route));
