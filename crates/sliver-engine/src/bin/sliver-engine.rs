@@ -580,21 +580,25 @@ fn lie(delta: &Flat, how: Lie) -> Flat {
 /// The robust aggregate's cost in loss on honest replicas, and what one liar of four does to
 /// the plain mean and to it.
 fn bench_robust(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), EngineError> {
-    let (replicas, h) = (4usize, 25u64);
-    println!("\n## Robust merging: {replicas} replicas, H = {h}, {budget} inner steps, outer Nesterov (0.7, 0.9), dense f32, val loss on {} batches", run.eval_batches);
-    println!("| replicas | aggregate | val loss | merges | deltas clipped (mean per merge) |");
-    println!("|---|---|---|---|---|");
+    let h = 25u64;
+    println!("\n## Robust merging: H = {h}, {budget} inner steps, outer Nesterov (0.7, 0.9), dense f32, val loss on {} batches", run.eval_batches);
+    println!(
+        "| replicas | aggregate | val loss | merges | deltas clipped (mean per merge) | time s |"
+    );
+    println!("|---|---|---|---|---|---|");
     let r = RunArgs { iters: budget, ..run.clone() };
     let sched = schedule(&r);
-    let cases: [(&str, Aggregate, Option<Lie>); 6] = [
-        ("4 honest", Aggregate::Mean, None),
-        ("4 honest", Aggregate::ClippedMean, None),
-        ("3 honest + 1 sending 1e30", Aggregate::Mean, Some(Lie::Huge)),
-        ("3 honest + 1 sending 1e30", Aggregate::ClippedMean, Some(Lie::Huge)),
-        ("3 honest + 1 sending -100x its delta", Aggregate::Mean, Some(Lie::Flipped)),
-        ("3 honest + 1 sending -100x its delta", Aggregate::ClippedMean, Some(Lie::Flipped)),
+    let cases: [(usize, &str, Aggregate, Option<Lie>); 8] = [
+        (4, "4 honest", Aggregate::Mean, None),
+        (4, "4 honest", Aggregate::ClippedMean, None),
+        (4, "3 honest + 1 sending 1e30", Aggregate::Mean, Some(Lie::Huge)),
+        (4, "3 honest + 1 sending 1e30", Aggregate::ClippedMean, Some(Lie::Huge)),
+        (4, "3 honest + 1 sending -100x its delta", Aggregate::Mean, Some(Lie::Flipped)),
+        (4, "3 honest + 1 sending -100x its delta", Aggregate::ClippedMean, Some(Lie::Flipped)),
+        (2, "2 honest", Aggregate::Mean, None),
+        (2, "2 honest", Aggregate::ClippedMean, None),
     ];
-    for (name, how, liar) in cases {
+    for (replicas, name, how, liar) in cases {
         let started = Instant::now();
         let mut reps: Vec<Pipeline> = (0..replicas)
             .map(|_| nano_pipeline(run, 1, Boundary::default()))
@@ -640,7 +644,7 @@ fn bench_robust(run: &RunArgs, data: &Dataset, budget: u64) -> Result<(), Engine
             Aggregate::ClippedMean => "norms clipped to the median",
         };
         println!(
-            "| {name} | {label} | {val:.4}{} | {merges} | {:.2} | ({:.0} s)",
+            "| {name} | {label} | {val:.4}{} | {merges} | {:.2} | {:.0} |",
             failed.map(|f| format!(" ({f})")).unwrap_or_default(),
             clipped as f64 / merges.max(1) as f64,
             started.elapsed().as_secs_f64()
