@@ -3,48 +3,19 @@
 //! dropped micro-batches, not a hang.
 
 use std::sync::Arc;
+
+mod common;
+use common::{corpus, model, stage_config, trainer};
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
-use sliver_engine::data::{ByteTokenizer, Dataset};
-use sliver_engine::optim::{AdamWConfig, LrSchedule};
-use sliver_engine::{GptConfig, SliverSpec, SliverTrainer};
+use sliver_engine::optim::AdamWConfig;
+use sliver_engine::{SliverSpec, SliverTrainer};
 use sliver_miner::gate::Neighbours;
-use sliver_miner::stage::{Stage, StageConfig};
+use sliver_miner::stage::Stage;
 use sliver_p2p::{start, Client, Inbound, NetworkConfig, NodeStatus, PeerId};
 use sliver_wire::WireCodec;
 use tokio::sync::watch;
-
-fn corpus() -> Arc<Dataset> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/tinyshakespeare.txt");
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|_| "To be, or not to be, that is the question. ".repeat(2000));
-    Arc::new(Dataset::from_text(&text[..text.len().min(200_000)], &ByteTokenizer, 0.9).unwrap())
-}
-
-fn model() -> GptConfig {
-    GptConfig::new()
-        .with_n_layer(2)
-        .with_n_head(2)
-        .with_d_model(32)
-        .with_block_size(16)
-        .with_tie_embeddings(false)
-}
-
-fn stage_config() -> StageConfig {
-    StageConfig {
-        run: 1,
-        epoch: 3,
-        route: 0,
-        micro_batches: 2,
-        batch: 4,
-        seq: 16,
-        codec: WireCodec::Bf16,
-        lr: LrSchedule { max_lr: 3e-3, min_lr: 3e-4, warmup_steps: 5, decay_steps: 200 },
-        clip: 1.0,
-        grad_timeout: Duration::from_secs(3),
-    }
-}
 
 async fn node() -> (Client, Inbound, libp2p::Multiaddr, watch::Sender<NodeStatus>) {
     let (status, rx) = watch::channel(NodeStatus::default());
@@ -68,13 +39,6 @@ async fn connected_pair() -> (Node, Node) {
     let (c1, in1, a1, s1) = node().await;
     c0.dial(c1.peer_id(), a1).await.unwrap();
     ((c0, in0, s0), (c1, in1, s1))
-}
-
-fn trainer(index: usize) -> SliverTrainer {
-    let cfg = model();
-    let spec = SliverSpec::split(cfg.n_layer, 2).unwrap().remove(index);
-    SliverTrainer::new(&cfg, spec, None, AdamWConfig::default(), &sliver_engine::default_device())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,6 +329,29 @@ pub fn miner_args(args: &[&str], rpc: &str, dir: &std::path::Path, account: &str
     v
 }
 
+/// Registers each of `accounts` as a miner with `sliver-miner register`, announcing a free
+/// port of 127.0.0.1, with data directory `<dir>/m<index>`; returns the ports. Panics with the
+/// command's output when a registration fails.
+pub fn register_miners(
+    bin: &std::path::Path,
+    rpc: &str,
+    dir: &std::path::Path,
+    accounts: &[&str],
+) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for (i, account) in accounts.iter().enumerate() {
+        let port = free_port();
+        let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+        let data = dir.join(format!("m{i}"));
+        let args = miner_args(&["register", "--address", &addr], rpc, &data, account);
+        let mut p = Proc::spawn("register", bin, &args, &[]).expect("start sliver-miner register");
+        assert_eq!(p.wait(Duration::from_secs(60)).unwrap(), 0, "{}", p.log_tail(20));
+        assert!(p.log().iter().any(|l| l.contains("as miner uid")), "{}", p.log_tail(10));
+        ports.push(port);
+    }
+    ports
+}
+
 /// What every `sliver-miner run` of a test shares: the node, the training text, and the chain
 /// epoch to stop at.
 pub struct MinerRun<'a> {

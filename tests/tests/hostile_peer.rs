@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::identity::Keypair;
 use sliver_chain::{Backend, HardwareProfile, Role};
-use sliver_e2e::{
-    corpus, free_port, miner_args as miner, summary, workspace_binary, DevNode, MinerRun, Proc,
-};
+use sliver_e2e::{corpus, register_miners, summary, workspace_binary, DevNode, MinerRun, Proc};
 use sliver_engine::merge::{export_flat, Flat};
 use sliver_engine::{SliverSpec, SliverTrainer};
 use sliver_miner::merge::{encode_flat, merge_name, publish_named, weights_name, State};
@@ -47,21 +45,7 @@ async fn a_hostile_miner_cannot_stop_the_honest_ones() {
     let data = corpus();
     let tmp = tempfile::tempdir().unwrap();
     let accounts = ["//Bob", "//Charlie", "//Dave"];
-    let mut ports = Vec::new();
-    for (i, account) in accounts.iter().enumerate() {
-        let dir = tmp.path().join(format!("m{i}"));
-        let port = free_port();
-        ports.push(port);
-        let addr = format!("/ip4/127.0.0.1/tcp/{port}");
-        let mut p = Proc::spawn(
-            "register",
-            &bin,
-            &miner(&["register", "--address", &addr], &node.rpc_url, &dir, account),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(p.wait(Duration::from_secs(60)).unwrap(), 0, "{}", p.log_tail(20));
-    }
+    let ports = register_miners(&bin, &node.rpc_url, tmp.path(), &accounts);
     // The hostile miner: registered with its own libp2p key, driven from here.
     let eve = sliver_chain::dev_keypair("eve").unwrap();
     let key = Keypair::generate_ed25519();

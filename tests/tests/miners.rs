@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use sliver_chain::sliver;
 use sliver_e2e::{
-    corpus, free_port, miner_args as miner, summary, workspace_binary, DevNode, MinerRun, Proc,
+    corpus, free_port, miner_args as miner, register_miners, summary, workspace_binary, DevNode,
+    MinerRun, Proc,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,22 +23,7 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
     let tmp = tempfile::tempdir().unwrap();
     let accounts = ["//Bob", "//Charlie", "//Dave", "//Eve"];
 
-    let mut ports = Vec::new();
-    for (i, account) in accounts.iter().enumerate() {
-        let dir = tmp.path().join(format!("m{i}"));
-        let port = free_port();
-        ports.push(port);
-        let addr = format!("/ip4/127.0.0.1/tcp/{port}");
-        let mut p = Proc::spawn(
-            "register",
-            &bin,
-            &miner(&["register", "--address", &addr], &node.rpc_url, &dir, account),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(p.wait(Duration::from_secs(60)).unwrap(), 0, "{}", p.log_tail(20));
-        assert!(p.log().iter().any(|l| l.contains("as miner uid")), "{}", p.log_tail(10));
-    }
+    let ports = register_miners(&bin, &node.rpc_url, tmp.path(), &accounts);
 
     // Everyone stops at the same boundary: three epochs after the one in which all are
     // assigned (registrations land in this epoch; assignments follow at the next boundary).

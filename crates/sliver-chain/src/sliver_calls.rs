@@ -181,14 +181,8 @@ impl ChainClient {
     pub async fn epoch_and_assignments(
         &self,
     ) -> Result<(EpochInfo<u32>, Vec<(Uid, u16)>), ChainError> {
-        let (_, hash) = self.best_block().await?;
-        let at = self.api().at_block(hash).await.map_err(rpc)?;
-        let apis = at.runtime_apis();
-        let info =
-            apis.call(sliver::runtime_apis().sliver_api().epoch_info()).await.map_err(rpc)?;
-        let assignments =
-            apis.call(sliver::runtime_apis().sliver_api().assignments()).await.map_err(rpc)?;
-        Ok((info, assignments))
+        let (number, _) = self.best_block().await?;
+        self.epoch_and_assignments_at(number).await
     }
 
     /// Epoch information and the sliver assignment as they stood at block `number` (the node
