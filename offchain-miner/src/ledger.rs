@@ -249,7 +249,7 @@ async fn scan_payouts(
     who: &AccountId,
 ) -> Result<u32, sliver_operator::chain::ChainTaskError> {
     let from = book.scanned_to.saturating_add(1);
-    let who = who.clone();
+    let who = *who;
     let found = chain
         .call(move |c| async move {
             let head = c.head().await?.finalized as u32;

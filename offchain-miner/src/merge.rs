@@ -43,23 +43,14 @@ pub enum MergeError {
     #[error("bad tensor set: {0}")]
     Format(String),
     /// The peer did not publish or serve it in time.
-    #[error("{name} not {what} by {peer} within {timeout:?}")]
-    Timeout {
-        /// The blob's name.
-        name: String,
-        /// "published" or "fetched".
-        what: &'static str,
-        /// The peer.
-        peer: PeerId,
-        /// The deadline.
-        timeout: Duration,
-    },
+    #[error("{0}")]
+    Timeout(String),
     /// The transport failed.
     #[error(transparent)]
-    P2p(#[from] sliver_p2p::P2pError),
+    P2p(Box<sliver_p2p::P2pError>),
     /// The engine refused the weights.
     #[error(transparent)]
-    Engine(#[from] sliver_engine::EngineError),
+    Engine(Box<sliver_engine::EngineError>),
 }
 
 /// Encodes named flat tensors with `codec` (f32 for weights, bf16 for pseudo-gradients).
@@ -122,6 +113,18 @@ pub fn decode_flat(bytes: &[u8], like: &Flat) -> Result<Flat, MergeError> {
     Ok(out)
 }
 
+impl From<sliver_p2p::P2pError> for MergeError {
+    fn from(e: sliver_p2p::P2pError) -> Self {
+        MergeError::P2p(Box::new(e))
+    }
+}
+
+impl From<sliver_engine::EngineError> for MergeError {
+    fn from(e: sliver_engine::EngineError) -> Self {
+        MergeError::Engine(Box::new(e))
+    }
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -138,6 +141,9 @@ impl<'a> Reader<'a> {
         self.take(N)?.try_into().map_err(|_| MergeError::Format("truncated".into()))
     }
 }
+
+/// A pseudo-gradient as published: its blob's hash and the values replicas decode from it.
+pub type Delta = ([u8; 32], Flat);
 
 /// The merged state of a sliver: weights and the outer optimiser's momentum.
 #[derive(Clone, Debug, PartialEq)]
@@ -202,7 +208,8 @@ pub async fn fetch_named(
 ) -> Result<([u8; 32], Flat), MergeError> {
     let max_len = encoded_len(like, WireCodec::F32);
     let deadline = tokio::time::Instant::now() + timeout;
-    let late = |what| MergeError::Timeout { name: name.into(), what, peer, timeout };
+    let late =
+        |what| MergeError::Timeout(format!("{name} not {what} by {peer} within {timeout:?}"));
     loop {
         match client.request(peer, ControlRequest::Status).await {
             Ok(ControlResponse::Status(s)) => {
@@ -265,7 +272,7 @@ pub fn publish_delta(
     t: &mut Training,
     status: &watch::Sender<NodeStatus>,
     epoch: u64,
-) -> Result<(Flat, Option<([u8; 32], Flat)>), MergeError> {
+) -> Result<(Flat, Option<Delta>), MergeError> {
     let client = t.stage.client().clone();
     let current = engine_merge::export_flat(&mut t.stage.trainer.sliver);
     let delta = engine_merge::pseudo_gradient(&t.start, &current);
@@ -330,7 +337,7 @@ pub async fn merge_round(
         });
     };
     let trained = true;
-    let mut set: Vec<([u8; 32], Flat)> = vec![own];
+    let mut set: Vec<Delta> = vec![own];
     let fetched = futures::future::join_all(
         replicas.iter().map(|r| fetch_named(&client, *r, &name, &delta, Duration::from_secs(8))),
     )
@@ -355,7 +362,7 @@ pub async fn merge_round(
     }
     let with = set.len() - 1;
     // Every replica sums the same set in the same order: the same bits everywhere.
-    set.sort_by(|a, b| a.0.cmp(&b.0));
+    set.sort_by_key(|d| d.0);
     let deltas: Vec<Flat> = set.into_iter().map(|(_, d)| d).collect();
     let agg = engine_merge::clipped_mean(&deltas);
     let clipped = agg.clipped;

@@ -43,6 +43,20 @@ pub enum Outcome {
     },
 }
 
+/// One frame to send.
+pub struct Outgoing {
+    /// To whom.
+    pub peer: PeerId,
+    /// Its micro-batch.
+    pub key: Key,
+    /// A relayed activation (its micro-batch waits for a gradient here).
+    pub forward: bool,
+    /// Its header.
+    pub header: FrameHeader,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
 /// The stage's outgoing frames in flight.
 pub struct Outbox {
     slots: Arc<Semaphore>,
@@ -60,16 +74,8 @@ impl Default for Outbox {
 impl Outbox {
     /// Sends `payload` with `header` to `peer` in the background; recorded in `audit` with its
     /// receipt once delivered. Returns false (nothing sent) when too many are in flight.
-    pub fn send(
-        &self,
-        client: &Client,
-        peer: PeerId,
-        key: Key,
-        forward: bool,
-        header: FrameHeader,
-        payload: Vec<u8>,
-        audit: Option<AuditLog>,
-    ) -> bool {
+    pub fn send(&self, client: &Client, frame: Outgoing, audit: Option<AuditLog>) -> bool {
+        let Outgoing { peer, key, forward, header, payload } = frame;
         let Ok(slot) = self.slots.clone().try_acquire_owned() else { return false };
         let (client, tx) = (client.clone(), self.tx.clone());
         tokio::spawn(async move {

@@ -47,10 +47,13 @@ pub enum Verdict {
 /// Decides about each notice and its sender.
 pub type Judge = Box<dyn Fn(&PeerId, &PresenceNotice) -> Verdict + Send + Sync>;
 
+/// Handed-over pseudo-gradients by (sliver, epoch): who handed each over.
+type Handoffs = BTreeMap<(u16, u64), Vec<(PeerId, Vec<u8>)>>;
+
 #[derive(Default)]
 struct Inner {
     away: HashSet<PeerId>,
-    handoffs: BTreeMap<(u16, u64), Vec<(PeerId, Vec<u8>)>>,
+    handoffs: Handoffs,
     fetching: HashSet<PeerId>,
 }
 

@@ -45,7 +45,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
     let who = sliver_chain::account_of(&account);
     let chain = ChainHandle::spawn(&cfg.rpc_url);
     let view = chain.ready(Duration::from_secs(20)).await?;
-    let w = who.clone();
+    let w = who;
     let uid = chain.call(move |c| async move { c.uid_of(&w).await }).await?.ok_or_else(|| {
         anyhow!(
             "account {who} is not registered on {}: run `sliver-miner register` first \

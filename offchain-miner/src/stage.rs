@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::audit::AuditLog;
 use crate::gate::{GateConfig, Neighbours, StageGate};
-use crate::outbox::{Outbox, Outcome};
+use crate::outbox::{Outbox, Outcome, Outgoing};
 
 /// What a stage needs to know about the run it trains in.
 #[derive(Clone, Debug)]
@@ -388,8 +388,11 @@ impl Stage {
             self.gate.expect(key, peer);
             self.forwarded.insert(key, (peer, tokio::time::Instant::now()));
         }
-        let sent =
-            self.outbox.send(&self.client, peer, key, forward, header, payload, self.audit.clone());
+        let sent = self.outbox.send(
+            &self.client,
+            Outgoing { peer, key, forward, header, payload },
+            self.audit.clone(),
+        );
         if !sent {
             tracing::warn!(%peer, "too many frames in flight to slow neighbours; frame dropped");
             if forward {

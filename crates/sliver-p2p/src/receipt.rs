@@ -66,7 +66,9 @@ fn message(sender: &PeerId, receiver: &PeerId, hash: &[u8; 32]) -> Vec<u8> {
     m
 }
 
-/// The receiver's answer on a tensor stream.
+/// The receiver's answer on a tensor stream (short-lived: the size of its variants does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// Accepted, with a receipt.

@@ -86,6 +86,9 @@ pub(crate) enum Command {
     },
 }
 
+/// Where the answer to a DHT lookup goes.
+pub(crate) type LookupReply = oneshot::Sender<Result<Vec<Multiaddr>, P2pError>>;
+
 /// Most peers whose strikes are remembered at once (only admitted peers can earn strikes, so
 /// this bounds an open node).
 const MAX_STRUCK: usize = 4096;
@@ -102,8 +105,7 @@ pub(crate) struct SwarmTask {
     pub(crate) dialing: HashMap<PeerId, Vec<oneshot::Sender<Result<(), P2pError>>>>,
     pub(crate) requests:
         HashMap<OutboundRequestId, oneshot::Sender<Result<ControlResponse, P2pError>>>,
-    pub(crate) lookups:
-        HashMap<QueryId, (PeerId, oneshot::Sender<Result<Vec<Multiaddr>, P2pError>>)>,
+    pub(crate) lookups: HashMap<QueryId, (PeerId, LookupReply)>,
     pub(crate) blobs: Arc<Mutex<Blobs>>,
     pub(crate) serving: ServeBudget,
     pub(crate) audits: mpsc::Sender<AuditQuery>,
