@@ -267,3 +267,62 @@ async fn a_stalled_large_frame_holds_only_the_bytes_it_sent() {
     assert!(held > 0 && held < 1 << 20, "{held}");
     drop(s);
 }
+
+/// A holder that answers every blob request with other bytes of the right length (a raw libp2p
+/// swarm speaking the control protocol, built here): the fetcher finds out at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_serves_other_bytes_under_a_hash_is_caught() {
+    use futures::StreamExt;
+    use libp2p::request_response::{self, Message, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    use sliver_p2p::network::CONTROL_PROTOCOL;
+    use sliver_p2p::{ControlRequest, ControlResponse};
+
+    let total = 1_500_000u64;
+    let mut liar = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::cbor::Behaviour::<ControlRequest, ControlResponse>::new(
+                [(CONTROL_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .build();
+    liar.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = liar.select_next_some().await {
+            break address;
+        }
+    };
+    let liar_id = *liar.local_peer_id();
+    tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message:
+                    Message::Request {
+                        request: ControlRequest::Blob { offset, max_len, .. },
+                        channel,
+                        ..
+                    },
+                ..
+            }) = liar.select_next_some().await
+            {
+                let n = (max_len as u64).min(total.saturating_sub(offset)) as usize;
+                let chunk = ControlResponse::BlobChunk { total, offset, data: vec![0x55; n] };
+                let _ = liar.behaviour_mut().send_response(channel, chunk);
+            }
+        }
+    });
+    let a = node().await;
+    a.client.dial(liar_id, addr).await.unwrap();
+    let honest = blake3::hash(b"the committed weights");
+    let err = a.client.fetch_blob(liar_id, *honest.as_bytes(), 2 << 20).await.unwrap_err();
+    assert!(err.to_string().contains("do not match their hash"), "{err}");
+}
