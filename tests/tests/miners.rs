@@ -43,6 +43,7 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
     let pause = tmp.path().join("m1").join("pause");
     let mut paused: Option<Instant> = None;
     let mut killed_at: Option<Instant> = None;
+    let mut left_at: Option<Instant> = None;
 
     // Watch finalized blocks for weight commitments while the miners train.
     let mut commitments: BTreeMap<u16, BTreeSet<u32>> = BTreeMap::new();
@@ -80,8 +81,18 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
             std::fs::write(&pause, b"").unwrap();
             paused = Some(Instant::now());
         }
-        if paused.is_some_and(|t| t.elapsed() > Duration::from_secs(12)) && pause.exists() {
-            std::fs::remove_file(&pause).unwrap();
+        // The pause lasts 12 s from the moment the miner left (it may be waiting for its new
+        // sliver's weights, not training, when the file appears), or 40 s at most.
+        if pause.exists() {
+            let since = paused.map(|t| t.elapsed()).unwrap_or_default();
+            if left_at.is_none() && runs[1].log().iter().any(|l| l.contains("left the pipeline")) {
+                left_at = Some(Instant::now());
+            }
+            if left_at.is_some_and(|t| t.elapsed() > Duration::from_secs(12))
+                || since > Duration::from_secs(40)
+            {
+                std::fs::remove_file(&pause).unwrap();
+            }
         }
     }
     let logs = runs.iter().map(|p| p.log_tail(25)).collect::<Vec<_>>().join("\n");
