@@ -43,7 +43,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sliver_p2p::{AuditAnswer, AuditQuery, AuditRequest, AuditedFrame, Client, FrameHeader};
+use sliver_p2p::control::{MAX_INDEX_ENTRIES, MAX_INDEX_SENT};
+use sliver_p2p::{
+    AuditAnswer, AuditAsk, AuditIndexPage, AuditIndexRequest, AuditKey, AuditQuery, AuditRequest,
+    AuditedFrame, Client, FrameHeader, IndexEntry,
+};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::telemetry::{Event, Telemetry};
@@ -281,6 +285,46 @@ impl AuditLog {
             });
         }
         Ok(Some(Found { answer: AuditAnswer { weights, frames: answered }, blobs }))
+    }
+
+    /// A page of the index of `req.epoch`: the kept micro-batches (those with a weights
+    /// snapshot) after `req.after`, in key order, each with the frames this miner sent for it
+    /// and their receipts. `None` if the epoch is not held. Memory only, no disk.
+    pub fn index_page(&self, req: &AuditIndexRequest) -> Option<AuditIndexPage> {
+        let inner = self.inner.lock().ok()?;
+        if req.run != inner.run {
+            return None;
+        }
+        let log = inner.epochs.get(&req.epoch)?;
+        let mut keys: Vec<AuditKey> = log
+            .records
+            .iter()
+            .filter(|(_, r)| r.weights.is_some())
+            .map(|(&(route, step, micro_batch), _)| AuditKey { route, step, micro_batch })
+            .filter(|k| req.after.is_none_or(|a| a < *k))
+            .collect();
+        keys.sort_unstable();
+        let more = keys.len() > MAX_INDEX_ENTRIES;
+        keys.truncate(MAX_INDEX_ENTRIES);
+        let entries = keys
+            .into_iter()
+            .map(|key| {
+                let record = &log.records[&(key.route, key.step, key.micro_batch)];
+                let sent = record
+                    .frames
+                    .iter()
+                    .filter(|f| f.receipt.is_some())
+                    .take(MAX_INDEX_SENT)
+                    .map(|f| AuditedFrame {
+                        header: f.header.clone(),
+                        receipt: f.receipt.clone(),
+                        payload_published: false,
+                    })
+                    .collect();
+                IndexEntry { key, sent }
+            })
+            .collect();
+        Some(AuditIndexPage { entries, more })
     }
 
     /// Notes blobs published to answer an audit of `epoch`, to withdraw with the epoch.
@@ -542,11 +586,20 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     while let Some(q) = queries.recv().await {
+        let req = match q.request {
+            AuditAsk::MicroBatch(req) => req,
+            AuditAsk::Index(req) => {
+                // From memory: answered at once, outside the slots.
+                let page = log.index_page(&req);
+                tracing::debug!(peer = %q.peer, ?req, kept = page.is_some(), "audit index answered");
+                q.respond_index(page).await;
+                continue;
+            }
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let (log, client, telemetry) = (log.clone(), client.clone(), telemetry.clone());
         telemetry.send(Event::Audit { answered: None });
         tokio::spawn(async move {
-            let req = q.request;
             let l = log.clone();
             let answer = match tokio::task::spawn_blocking(move || l.answer(&req)).await {
                 Ok(Ok(Some(found))) => {
@@ -610,6 +663,17 @@ mod tests {
         assert_eq!(found.blobs, vec![b"weights of step 0".to_vec(), p0.clone(), p1.clone()]);
         assert!(log.answer(&req(3, 0, 1)).unwrap().is_none(), "never recorded");
         assert!(log.answer(&AuditRequest { run: 8, ..req(3, 0, 0) }).unwrap().is_none());
+
+        // The index lists the kept micro-batch with the frame it sent and its receipt.
+        let ask = |after| AuditIndexRequest { run: 7, epoch: 3, after };
+        let page = log.index_page(&ask(None)).unwrap();
+        assert!(!page.more);
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.entries[0].key, req(3, 0, 0).key());
+        assert_eq!(page.entries[0].sent.len(), 1, "only the frame it sent");
+        assert_eq!(page.entries[0].sent[0].header, h0.encode());
+        assert!(log.index_page(&ask(Some(req(3, 0, 0).key()))).unwrap().entries.is_empty());
+        assert!(log.index_page(&AuditIndexRequest { epoch: 9, ..ask(None) }).is_none());
 
         // A restart (with a torn entry at the end) reads the epoch back.
         drop(log);

@@ -13,9 +13,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use prometheus_client::registry::Registry;
 use sliver_chain::RunInfo;
-use sliver_engine::data::{ByteTokenizer, Dataset, Source};
+use sliver_engine::data::Dataset;
 use sliver_engine::optim::{AdamWConfig, LrSchedule};
-use sliver_engine::{GptConfig, SliverSpec};
+use sliver_engine::SliverSpec;
 use sliver_operator::chain::{ChainHandle, ChainView};
 use sliver_p2p::{Multiaddr, NetworkConfig, NodeStatus, PeerId, PresenceNotice};
 use sliver_wire::WireCodec;
@@ -263,20 +263,9 @@ fn stage_config(run: &RunInfo, cfg: &MinerConfig, codec: WireCodec, epoch: u64) 
     }
 }
 
-/// The run's model as the engine builds it (embeddings untied across machines).
-pub fn model_of(run: &RunInfo) -> anyhow::Result<GptConfig> {
-    let m = &run.model;
-    let cfg = GptConfig::new()
-        .with_vocab_size(m.vocab_size as usize)
-        .with_n_layer(m.n_layers as usize)
-        .with_n_head(m.n_heads as usize)
-        .with_d_model(m.d_model as usize)
-        .with_block_size(m.context_len as usize)
-        // Embeddings are untied across machines (see stage.rs).
-        .with_tie_embeddings(false);
-    cfg.validate()?;
-    Ok(cfg)
-}
+/// The run's model as the engine builds it (embeddings untied across machines); validators
+/// build the same from the same function.
+pub use sliver_audit::shape::model_of;
 
 fn load_data(cfg: &MinerConfig, run: &RunInfo) -> anyhow::Result<Dataset> {
     let path = cfg.data.as_ref().ok_or_else(|| {
@@ -286,20 +275,7 @@ fn load_data(cfg: &MinerConfig, run: &RunInfo) -> anyhow::Result<Dataset> {
             run.dataset_id
         )
     })?;
-    if !path.exists() {
-        bail!(
-            "dataset missing: {} does not exist (the run trains on {:?})",
-            path.display(),
-            run.dataset_id
-        );
-    }
-    if run.model.vocab_size != 256 {
-        bail!(
-            "the run's vocabulary has {} tokens; this miner tokenizes bytes (256)",
-            run.model.vocab_size
-        );
-    }
-    Ok(Dataset::load(&Source::detect(path), &ByteTokenizer, 0.9)?)
+    Ok(sliver_audit::shape::load_dataset(path, run)?)
 }
 
 #[cfg(test)]

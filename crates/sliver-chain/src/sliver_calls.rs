@@ -51,6 +51,14 @@ pub fn registration_message(account: &AccountId, genesis_hash: H256, nonce: u32)
 }
 
 /// The hash a validator commits in the Commit phase and opens in the Reveal phase:
+/// The audit seed derived from an epoch seed: `blake2_256(b"sliver/audit" ++ seed)`, as the
+/// clock pallet's `audit_seed`.
+pub fn audit_seed_of(seed: &H256) -> [u8; 32] {
+    let mut input = b"sliver/audit".to_vec();
+    input.extend_from_slice(seed.as_bytes());
+    sp_crypto_hashing::blake2_256(&input)
+}
+
 /// blake2-256 of SCALE `(validator, epoch, uids, weights, salt)`.
 pub fn commit_hash(
     validator: &AccountId,
@@ -286,6 +294,39 @@ impl ChainClient {
             }
         }
         Ok((sum, count))
+    }
+
+    /// The epoch at the latest finalized block and the seed of the validators' audits in it,
+    /// `blake2_256(b"sliver/audit" ++ seed(epoch))` (see the clock pallet). The seed is drawn
+    /// when the epoch starts, so it is unknown while the epoch before it is trained: audits of
+    /// epoch `e - 1` sample with the seed of `e`.
+    pub async fn audit_seed(&self) -> Result<(u32, [u8; 32]), ChainError> {
+        let at = self.api().at_current_block().await.map_err(rpc)?;
+        let clock = || sliver::storage().sliver_clock();
+        let epoch = at.storage().entry(clock().current_epoch()).map_err(rpc)?;
+        let epoch: u32 = match epoch.try_fetch(()).await.map_err(rpc)? {
+            Some(v) => v.decode().map_err(rpc)?,
+            None => 0,
+        };
+        let seed = at.storage().entry(clock().epoch_seed()).map_err(rpc)?;
+        let seed: H256 = match seed.try_fetch(()).await.map_err(rpc)? {
+            Some(v) => v.decode().map_err(rpc)?,
+            None => H256::zero(),
+        };
+        Ok((epoch, audit_seed_of(&seed)))
+    }
+
+    /// The stake bonded by the validator `who` (zero for anyone else), at the latest finalized
+    /// block.
+    pub async fn stake_of(&self, who: &AccountId) -> Result<Balance, ChainError> {
+        let Some(uid) = self.uid_of(who).await? else { return Ok(0) };
+        let at = self.api().at_current_block().await.map_err(rpc)?;
+        let regs =
+            at.storage().entry(sliver::storage().sliver_registry().registrations()).map_err(rpc)?;
+        match regs.try_fetch((uid,)).await.map_err(rpc)? {
+            Some(v) => Ok(v.decode().map_err(rpc)?.stake),
+            None => Ok(0),
+        }
     }
 
     /// Bonds `amount` more validator stake.

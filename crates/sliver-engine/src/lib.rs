@@ -34,6 +34,7 @@ pub mod model;
 pub mod optim;
 pub mod pipeline;
 pub mod rng;
+pub mod tensor_set;
 
 pub use config::{GptConfig, SliverSpec};
 pub use model::{Sliver, SliverInput};

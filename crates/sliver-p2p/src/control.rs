@@ -31,6 +31,9 @@ pub enum ControlRequest {
     },
     /// A validator asks what a miner did for one micro-batch.
     Audit(AuditRequest),
+    /// A validator asks which micro-batches of an epoch a miner kept, with the frames it sent
+    /// for each and their receipts (one page, in key order).
+    AuditIndex(AuditIndexRequest),
     /// A miner tells its neighbours and replicas that it leaves or rejoins the pipeline.
     Presence(PresenceNotice),
 }
@@ -64,6 +67,8 @@ pub enum ControlResponse {
     },
     /// Answer to `Audit`.
     Audit(AuditAnswer),
+    /// Answer to `AuditIndex`.
+    AuditIndex(AuditIndexPage),
     /// The peer does not have what was asked for (an unknown blob, a micro-batch it no longer
     /// keeps).
     NotFound,
@@ -107,6 +112,10 @@ pub const MAX_ADDRS: usize = 8;
 pub const MAX_BLOB_CHUNK: u32 = 512 << 10;
 /// Most frames one audit answer may list.
 pub const MAX_AUDIT_FRAMES: usize = 64;
+/// Most micro-batches one audit index page lists.
+pub const MAX_INDEX_ENTRIES: usize = 256;
+/// Most sent frames one index entry lists (a middle sliver sends two per micro-batch).
+pub const MAX_INDEX_SENT: usize = 4;
 
 /// What a node says about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +146,56 @@ pub struct AuditRequest {
     pub step: u64,
     /// Micro-batch within the step.
     pub micro_batch: u64,
+}
+
+/// A micro-batch of an epoch: the route (data replica) that started it, the step of that route
+/// and the index within the step, as the frames name them. Ordered route first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AuditKey {
+    /// Route.
+    pub route: u64,
+    /// Step.
+    pub step: u64,
+    /// Micro-batch within the step.
+    pub micro_batch: u64,
+}
+
+impl AuditRequest {
+    /// The micro-batch asked for.
+    pub fn key(&self) -> AuditKey {
+        AuditKey { route: self.route, step: self.step, micro_batch: self.micro_batch }
+    }
+}
+
+/// Which page of a miner's audit index a validator asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuditIndexRequest {
+    /// Training run.
+    pub run: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// The page starts after this key (`None`: from the first).
+    pub after: Option<AuditKey>,
+}
+
+/// One page of a miner's audit index: the micro-batches it kept, in key order, with the frames
+/// it sent for each (headers and the receipts its neighbours signed). A validator counts the
+/// work the receipts vouch for and samples from these keys what to audit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditIndexPage {
+    /// At most [`MAX_INDEX_ENTRIES`] micro-batches, keys ascending.
+    pub entries: Vec<IndexEntry>,
+    /// True if more follow (ask again after the last key).
+    pub more: bool,
+}
+
+/// A kept micro-batch in an audit index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// Which micro-batch.
+    pub key: AuditKey,
+    /// The frames the miner sent for it (at most [`MAX_INDEX_SENT`]), receipts included.
+    pub sent: Vec<AuditedFrame>,
 }
 
 /// A miner's account of one micro-batch: enough for a validator to fetch the inputs and the

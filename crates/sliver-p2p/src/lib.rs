@@ -38,15 +38,15 @@ mod swarm;
 
 pub use admission::{AdmissionView, PeerRole};
 pub use control::{
-    AuditAnswer, AuditRequest, AuditedFrame, ControlRequest, ControlResponse, NodeStatus,
-    PeerRecord, PresenceNotice,
+    AuditAnswer, AuditIndexPage, AuditIndexRequest, AuditKey, AuditRequest, AuditedFrame,
+    ControlRequest, ControlResponse, IndexEntry, NodeStatus, PeerRecord, PresenceNotice,
 };
 pub use frame::{Direction, FrameError, FrameHeader};
 pub use inbound::{FrameGate, Refusal};
 pub use libp2p::{identity, Multiaddr, PeerId};
 pub use metrics::P2pMetrics;
 pub use network::{
-    start, start_with_metrics, AuditQuery, Client, Inbound, IncomingFrame, NetworkConfig,
+    start, start_with_metrics, AuditAsk, AuditQuery, Client, Inbound, IncomingFrame, NetworkConfig,
     Reachability,
 };
 pub use prometheus_client;

@@ -197,13 +197,22 @@ pub struct Inbound {
     pub notices: mpsc::Receiver<(PeerId, PresenceNotice)>,
 }
 
+/// What a validator's audit request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditAsk {
+    /// The account of one micro-batch; answer with [`AuditQuery::respond`].
+    MicroBatch(AuditRequest),
+    /// A page of the index of an epoch; answer with [`AuditQuery::respond_index`].
+    Index(AuditIndexRequest),
+}
+
 /// An audit request waiting for the application's answer. Dropping it unanswered tells the
 /// asker the node has no answer.
 pub struct AuditQuery {
     /// Who asks.
     pub peer: PeerId,
     /// What is asked.
-    pub request: AuditRequest,
+    pub request: AuditAsk,
     channel: Option<ResponseChannel<ControlResponse>>,
     commands: mpsc::Sender<Command>,
 }
@@ -211,7 +220,7 @@ pub struct AuditQuery {
 impl AuditQuery {
     pub(crate) fn new(
         peer: PeerId,
-        request: AuditRequest,
+        request: AuditAsk,
         channel: ResponseChannel<ControlResponse>,
         commands: mpsc::Sender<Command>,
     ) -> Self {
@@ -219,7 +228,7 @@ impl AuditQuery {
     }
 
     /// Sends `answer` (`None`: the micro-batch is not kept) to the asker.
-    pub async fn respond(mut self, answer: Option<AuditAnswer>) {
+    pub async fn respond(self, answer: Option<AuditAnswer>) {
         let response = match answer {
             Some(mut a) => {
                 a.frames.truncate(MAX_AUDIT_FRAMES);
@@ -227,6 +236,28 @@ impl AuditQuery {
             }
             None => ControlResponse::NotFound,
         };
+        self.send(response).await;
+    }
+
+    /// Sends a page of the audit index (`None`: the epoch is not kept) to the asker.
+    pub async fn respond_index(self, page: Option<AuditIndexPage>) {
+        let response = match page {
+            Some(mut p) => {
+                if p.entries.len() > MAX_INDEX_ENTRIES {
+                    p.entries.truncate(MAX_INDEX_ENTRIES);
+                    p.more = true;
+                }
+                for e in &mut p.entries {
+                    e.sent.truncate(MAX_INDEX_SENT);
+                }
+                ControlResponse::AuditIndex(p)
+            }
+            None => ControlResponse::NotFound,
+        };
+        self.send(response).await;
+    }
+
+    async fn send(mut self, response: ControlResponse) {
         if let Some(channel) = self.channel.take() {
             let _ = self.commands.send(Command::Respond { channel, response }).await;
         }
@@ -667,6 +698,32 @@ impl Client {
         }
     }
 
+    /// Asks `peer` (a miner) for one page of its audit index of an epoch; `Ok(None)` if it
+    /// keeps nothing of that epoch. A page out of key order or over the limits is an error.
+    pub async fn audit_index(
+        &self,
+        peer: PeerId,
+        request: AuditIndexRequest,
+    ) -> Result<Option<AuditIndexPage>, P2pError> {
+        match self.request(peer, ControlRequest::AuditIndex(request)).await? {
+            ControlResponse::AuditIndex(p)
+                if p.entries.len() <= MAX_INDEX_ENTRIES
+                    && p.entries.iter().all(|e| e.sent.len() <= MAX_INDEX_SENT)
+                    && p.entries.windows(2).all(|w| w[0].key < w[1].key)
+                    && p.entries
+                        .first()
+                        .is_none_or(|e| request.after.is_none_or(|a| a < e.key)) =>
+            {
+                Ok(Some(p))
+            }
+            ControlResponse::NotFound => Ok(None),
+            other => Err(P2pError::Request {
+                peer,
+                reason: format!("unexpected answer {}", short(&other)),
+            }),
+        }
+    }
+
     /// Tells `peer` that this node leaves or rejoins the pipeline; `Ok` once it took the notice.
     pub async fn announce(&self, peer: PeerId, notice: PresenceNotice) -> Result<(), P2pError> {
         match self.request(peer, ControlRequest::Presence(notice)).await? {
@@ -851,6 +908,7 @@ fn short(r: &ControlResponse) -> String {
         ControlResponse::Servers { .. } => "Servers".into(),
         ControlResponse::BlobChunk { .. } => "BlobChunk".into(),
         ControlResponse::Audit(_) => "Audit".into(),
+        ControlResponse::AuditIndex(p) => format!("AuditIndex({} entries)", p.entries.len()),
         ControlResponse::NotFound => "NotFound".into(),
         ControlResponse::Ack => "Ack".into(),
         ControlResponse::Error(e) => format!("Error({})", e.chars().take(200).collect::<String>()),

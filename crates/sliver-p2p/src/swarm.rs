@@ -24,7 +24,7 @@ use crate::blobs::Blobs;
 use crate::budget::ServeBudget;
 use crate::control::*;
 use crate::metrics::P2pMetrics;
-use crate::network::{AuditQuery, Reachability, KAD_PROTOCOL};
+use crate::network::{AuditAsk, AuditQuery, Reachability, KAD_PROTOCOL};
 use crate::P2pError;
 
 #[derive(NetworkBehaviour)]
@@ -363,7 +363,9 @@ impl SwarmTask {
                     _ if !admission.admits(&peer) => {
                         ControlResponse::Error("not admitted: register on chain first".into())
                     }
-                    ControlRequest::Audit(_) if !admission.is_validator(&peer) => {
+                    ControlRequest::Audit(_) | ControlRequest::AuditIndex(_)
+                        if !admission.is_validator(&peer) =>
+                    {
                         self.metrics.requests_refused.inc();
                         self.strike(peer, "an audit request from a peer that is not a validator");
                         ControlResponse::Error(
@@ -371,12 +373,11 @@ impl SwarmTask {
                         )
                     }
                     ControlRequest::Audit(request) => {
-                        let query =
-                            AuditQuery::new(peer, request, channel, self.commands_tx.clone());
-                        if let Err(e) = self.audits.try_send(query) {
-                            // Busy or not listening: the query's drop answers "no answer".
-                            tracing::debug!(%peer, "audit request not queued: {e}");
-                        }
+                        self.queue_audit(peer, AuditAsk::MicroBatch(request), channel);
+                        return;
+                    }
+                    ControlRequest::AuditIndex(request) => {
+                        self.queue_audit(peer, AuditAsk::Index(request), channel);
                         return;
                     }
                     other => self.answer(peer, other),
@@ -394,6 +395,21 @@ impl SwarmTask {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Hands a validator's audit request to the application (its queue is bounded: a full one
+    /// answers "no answer").
+    fn queue_audit(
+        &mut self,
+        peer: PeerId,
+        ask: AuditAsk,
+        channel: request_response::ResponseChannel<ControlResponse>,
+    ) {
+        let query = AuditQuery::new(peer, ask, channel, self.commands_tx.clone());
+        if let Err(e) = self.audits.try_send(query) {
+            // Busy or not listening: the query's drop answers "no answer".
+            tracing::debug!(%peer, "audit request not queued: {e}");
         }
     }
 
@@ -435,7 +451,9 @@ impl SwarmTask {
                 Ok(()) => ControlResponse::Ack,
                 Err(e) => ControlResponse::Error(format!("notice not taken: {e}")),
             },
-            ControlRequest::Audit(_) => ControlResponse::Error("audits are queued".into()),
+            ControlRequest::Audit(_) | ControlRequest::AuditIndex(_) => {
+                ControlResponse::Error("audits are queued".into())
+            }
         }
     }
 }
