@@ -1,0 +1,391 @@
+//! The validator's loop, as an explicit state machine: one [`Validator`] value, one handler per
+//! event.
+//!
+//! - [`Validator::on_epoch`]: a new chain epoch `e` began. The miners' work of `e - 1` is done
+//!   and the audit seed of `e` is drawn, so the validator audits `e - 1` now, until the
+//!   deadline (one second into the Commit phase of `e`).
+//! - [`Validator::on_commit`]: the Commit phase. The scores become weights; their commitment
+//!   (with a fresh salt, persisted first) goes on chain.
+//! - [`Validator::on_reveal`]: the Reveal phase. The weights committed this epoch, read back
+//!   from disk (so a restart in between still reveals), are revealed; the chain settles the
+//!   epoch at the next boundary.
+//! - [`Validator::on_stop`]: SIGTERM, Ctrl-C or the run's last epoch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sliver_audit::Neighbourhood;
+use sliver_chain::{Keypair, Phase, Uid};
+use sliver_operator::chain::{ChainHandle, ChainView};
+use sliver_p2p::{Client, PeerId};
+use tokio::sync::watch;
+
+use crate::audit::{Auditor, Deadline, Plan, Target};
+use crate::metrics::Metrics;
+use crate::reveal::Reveals;
+use crate::score::{self, MinerAudit};
+
+/// When to stop.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// After this many epoch boundaries.
+    pub epochs: Option<u64>,
+    /// At the boundary into this epoch.
+    pub until_epoch: Option<u64>,
+}
+
+/// What the validator needs from the setup.
+pub struct Context {
+    /// Its uid.
+    pub uid: Uid,
+    /// Its account (signs commits and reveals).
+    pub account: Keypair,
+    /// The run.
+    pub run: u64,
+    /// The chain task.
+    pub chain: ChainHandle,
+    /// The transport.
+    pub client: Client,
+    /// The auditor.
+    pub auditor: Auditor,
+    /// Pending reveals.
+    pub reveals: Reveals,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Stop requests.
+    pub stop: watch::Receiver<bool>,
+    /// When to stop.
+    pub opts: RunOptions,
+}
+
+enum Event {
+    Epoch(Arc<ChainView>),
+    Commit(Arc<ChainView>),
+    Reveal(Arc<ChainView>),
+    Stop,
+}
+
+enum Flow {
+    Continue,
+    Done,
+}
+
+/// Totals for the summary line.
+#[derive(Debug, Default)]
+struct Totals {
+    epochs: u64,
+    replayed: u64,
+    passed: u64,
+    failed: u64,
+    unanswered: u64,
+    commits: u64,
+    reveals: u64,
+    flagged: BTreeMap<Uid, u64>,
+}
+
+/// The validator.
+pub struct Validator {
+    ctx: Context,
+    views: watch::Receiver<Arc<ChainView>>,
+    /// The chain epoch last handled.
+    epoch: Option<u64>,
+    /// Phase handlers already run in this epoch.
+    committed: bool,
+    revealed: bool,
+    /// The audits done in this chain epoch (of the epoch before it).
+    audits: Option<(u64, Vec<MinerAudit>)>,
+    boundaries: u64,
+    totals: Totals,
+}
+
+impl Validator {
+    /// A validator over `ctx`.
+    pub fn new(ctx: Context) -> Self {
+        let views = ctx.chain.subscribe();
+        Validator {
+            ctx,
+            views,
+            epoch: None,
+            committed: false,
+            revealed: false,
+            audits: None,
+            boundaries: 0,
+            totals: Totals::default(),
+        }
+    }
+
+    /// Runs until stopped; prints the summary line.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        tracing::info!(uid = self.ctx.uid, "validating (audits of each epoch run in the next)");
+        loop {
+            let flow = match self.next_event().await {
+                Event::Epoch(v) => self.on_epoch(v).await,
+                Event::Commit(v) => self.on_commit(v).await,
+                Event::Reveal(v) => self.on_reveal(v).await,
+                Event::Stop => Flow::Done,
+            };
+            if let Flow::Done = flow {
+                break;
+            }
+        }
+        let t = &self.totals;
+        let flagged: Vec<String> = t.flagged.iter().map(|(u, n)| format!("{u}:{n}")).collect();
+        println!(
+            "SUMMARY uid={} epochs={} replayed={} passed={} failed={} unanswered={} commits={} reveals={} flagged={}",
+            self.ctx.uid,
+            t.epochs,
+            t.replayed,
+            t.passed,
+            t.failed,
+            t.unanswered,
+            t.commits,
+            t.reveals,
+            flagged.join(",")
+        );
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> Event {
+        loop {
+            if *self.ctx.stop.borrow() {
+                return Event::Stop;
+            }
+            let view = self.views.borrow_and_update().clone();
+            if view.connected && view.phase.is_some() {
+                if self.epoch != Some(view.epoch) {
+                    return Event::Epoch(view);
+                }
+                match view.phase {
+                    Some(Phase::Commit) if !self.committed => return Event::Commit(view),
+                    Some(Phase::Reveal) if !self.revealed => return Event::Reveal(view),
+                    _ => {}
+                }
+            }
+            let mut stop = self.ctx.stop.clone();
+            tokio::select! {
+                r = self.views.changed() => if r.is_err() { return Event::Stop },
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    // ---- handlers ----
+
+    async fn on_epoch(&mut self, view: Arc<ChainView>) -> Flow {
+        if self.epoch.is_some() {
+            self.boundaries += 1;
+        }
+        self.epoch = Some(view.epoch);
+        self.committed = false;
+        self.revealed = false;
+        self.audits = None;
+        let opts = self.ctx.opts;
+        if opts.epochs.is_some_and(|n| self.boundaries >= n)
+            || opts.until_epoch.is_some_and(|e| view.epoch >= e)
+        {
+            tracing::info!(boundaries = self.boundaries, "done");
+            return Flow::Done;
+        }
+        let _ = self.ctx.client.set_peers(Some(view.roles())).await;
+        self.ctx.client.clear_bans().await;
+        if view.phase != Some(Phase::Train) {
+            tracing::info!(
+                epoch = view.epoch,
+                "started after the Train phase; auditing from the next epoch"
+            );
+            return Flow::Continue;
+        }
+        let Some(plan) = self.plan(&view).await else { return Flow::Continue };
+        let deadline = self.deadline(view.epoch);
+        let started = std::time::Instant::now();
+        let audits = self.ctx.auditor.audit(&plan, &deadline).await;
+        self.ctx.metrics.audited_epoch.set(plan.epoch as i64);
+        self.report(&plan, &audits, started.elapsed());
+        self.audits = Some((view.epoch, audits));
+        Flow::Continue
+    }
+
+    async fn on_commit(&mut self, view: Arc<ChainView>) -> Flow {
+        self.committed = true;
+        let Some((epoch, audits)) = self.audits.as_ref().filter(|(e, _)| *e == view.epoch) else {
+            return Flow::Continue;
+        };
+        let epoch = *epoch as u32;
+        if self.ctx.reveals.load(epoch).is_some_and(|p| p.committed) {
+            return Flow::Continue;
+        }
+        let weights = score::weights(audits);
+        if weights.is_empty() {
+            tracing::info!(epoch, "no miner earned a score this epoch; nothing to commit");
+            return Flow::Continue;
+        }
+        let mut pending = match Reveals::prepare(epoch, epoch.saturating_sub(1), &weights) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "weights not committed");
+                return Flow::Continue;
+            }
+        };
+        if let Err(e) = self.ctx.reveals.save(&pending) {
+            // Without the salt on disk a restart could not reveal: do not commit.
+            tracing::error!(error = %e, "weights not committed");
+            return Flow::Continue;
+        }
+        let who = sliver_chain::account_of(&self.ctx.account);
+        let hash =
+            sliver_chain::commit_hash(&who, epoch, &pending.uids, &pending.weights, &pending.salt);
+        let account = self.ctx.account.clone();
+        let sent = self
+            .ctx
+            .chain
+            .call(move |c| async move { c.commit_weights(&account, hash).await })
+            .await;
+        match sent {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("AlreadyCommitted") => {}
+            Err(e) => {
+                tracing::warn!(epoch, error = %e, "weight commit failed");
+                return Flow::Continue;
+            }
+        }
+        pending.committed = true;
+        let _ = self.ctx.reveals.save(&pending);
+        self.ctx.metrics.commits.inc();
+        self.totals.commits += 1;
+        tracing::info!(epoch, miners = weights.len(), ?weights, "weights committed");
+        Flow::Continue
+    }
+
+    async fn on_reveal(&mut self, view: Arc<ChainView>) -> Flow {
+        self.revealed = true;
+        let epoch = view.epoch as u32;
+        let Some(mut pending) = self.ctx.reveals.load(epoch).filter(|p| !p.revealed) else {
+            return Flow::Continue;
+        };
+        let account = self.ctx.account.clone();
+        let (uids, weights, salt) = (pending.uids.clone(), pending.weights.clone(), pending.salt);
+        let sent = self
+            .ctx
+            .chain
+            .call(move |c| async move { c.reveal_weights(&account, uids, weights, salt).await })
+            .await;
+        match sent {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("AlreadyRevealed") => {}
+            Err(e) => {
+                tracing::warn!(epoch, error = %e, "weight reveal failed");
+                return Flow::Continue;
+            }
+        }
+        pending.revealed = true;
+        let _ = self.ctx.reveals.save(&pending);
+        self.ctx.metrics.reveals.inc();
+        self.totals.reveals += 1;
+        tracing::info!(epoch, audited = pending.audited, "weights revealed");
+        Flow::Continue
+    }
+
+    // ---- helpers ----
+
+    /// What to audit: the previous epoch's assignment, with the audit seed of this one.
+    async fn plan(&self, view: &ChainView) -> Option<Plan> {
+        let (prev, slivers) = view.previous.clone()?;
+        if prev + 1 != view.epoch || slivers.is_empty() {
+            return None;
+        }
+        let seed = match self.ctx.chain.call(|c| async move { c.audit_seed().await }).await {
+            Ok((e, seed)) if e as u64 == view.epoch => seed,
+            Ok((e, _)) => {
+                tracing::info!(
+                    epoch = view.epoch,
+                    finalized = e,
+                    "the audit seed is not final yet; auditing from the next epoch"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no audit seed");
+                return None;
+            }
+        };
+        let peers_of = |s: Option<u16>| -> Vec<PeerId> {
+            s.and_then(|s| slivers.get(&s))
+                .map(|uids| {
+                    uids.iter().filter_map(|u| view.participants.get(u)).map(|p| p.peer).collect()
+                })
+                .unwrap_or_default()
+        };
+        let firsts = peers_of(Some(0));
+        let mut targets = Vec::new();
+        for (&sliver, uids) in &slivers {
+            for uid in uids {
+                let Some(p) = view.participants.get(uid) else { continue };
+                let hood = Neighbourhood {
+                    run: self.ctx.run,
+                    epoch: prev,
+                    miner: p.peer,
+                    sliver,
+                    previous: peers_of(sliver.checked_sub(1)),
+                    next: peers_of(sliver.checked_add(1)),
+                    route: (sliver == 0)
+                        .then(|| firsts.iter().position(|f| *f == p.peer).map(|i| i as u64))
+                        .flatten(),
+                };
+                targets.push(Target { uid: *uid, addrs: p.addrs.clone(), hood });
+            }
+        }
+        Some(Plan { epoch: prev, seed, targets })
+    }
+
+    /// A deadline one second into the Commit phase of `epoch` (or when the epoch ends).
+    fn deadline(&self, epoch: u64) -> Deadline {
+        let (tx, rx) = watch::channel(false);
+        let mut views = self.views.clone();
+        tokio::spawn(async move {
+            let _ = views.wait_for(|v| v.epoch != epoch || v.phase != Some(Phase::Train)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = tx.send(true);
+        });
+        Deadline::new(rx)
+    }
+
+    fn report(&mut self, plan: &Plan, audits: &[MinerAudit], took: Duration) {
+        let t = &mut self.totals;
+        t.epochs += 1;
+        for a in audits {
+            t.replayed += a.sampled as u64;
+            t.passed += a.passed as u64;
+            t.failed += a.failures.len() as u64;
+            t.unanswered += a.unanswered as u64;
+            if !a.clean() {
+                *t.flagged.entry(a.uid).or_default() += 1;
+                tracing::warn!(uid = a.uid, sliver = a.sliver, unanswered = a.unanswered, failures = ?a.failures, "miner flagged: scores zero this epoch");
+            }
+        }
+        let line: Vec<String> = audits
+            .iter()
+            .map(|a| {
+                format!(
+                    "uid {} s{}: work {} checked {}/{}{}",
+                    a.uid,
+                    a.sliver,
+                    a.work,
+                    a.passed,
+                    a.sampled,
+                    if a.clean() { "" } else { " FLAGGED" }
+                )
+            })
+            .collect();
+        let loss: Vec<f32> = audits.iter().flat_map(|a| a.losses.iter().copied()).collect();
+        let mean = (!loss.is_empty()).then(|| loss.iter().sum::<f32>() / loss.len() as f32);
+        println!(
+            "[validator uid {}] audited epoch {} in {:.1} s | {} | train loss of replayed micro-batches {}",
+            self.ctx.uid,
+            plan.epoch,
+            took.as_secs_f64(),
+            line.join(" | "),
+            mean.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into())
+        );
+    }
+}

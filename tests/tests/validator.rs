@@ -1,0 +1,124 @@
+//! The validator end to end: a real `sliver-node --dev`, four honest `sliver-miner` processes
+//! (two slivers, two miners each) and one `sliver-validator` over loopback. The validator reads
+//! every miner's audit index, replays a sample of each one's micro-batches bit for bit, and
+//! commits and reveals weights; the chain pays the miners by them. No honest miner is flagged.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use sliver_chain::sliver;
+use sliver_e2e::{
+    corpus, free_port, miner_args, register_miners, summary, workspace_binary, DevNode, MinerRun,
+    Proc,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_audits_honest_miners_and_they_are_paid() {
+    let node = DevNode::start().expect("start sliver-node");
+    let client = node.connect().await;
+    let miner_bin = workspace_binary("sliver-miner").unwrap();
+    let bin = workspace_binary("sliver-validator").unwrap();
+    let data = corpus();
+    let tmp = tempfile::tempdir().unwrap();
+    let accounts = ["//Bob", "//Charlie", "//Dave", "//Eve"];
+    let ports = register_miners(&miner_bin, &node.rpc_url, tmp.path(), &accounts);
+
+    // The validator registers with its stake.
+    let vdir = tmp.path().join("v");
+    let vport = free_port();
+    let vaddr = format!("/ip4/127.0.0.1/tcp/{vport}");
+    let args = miner_args(
+        &["register", "--address", &vaddr, "--stake", "200"],
+        &node.rpc_url,
+        &vdir,
+        "//Ferdie",
+    );
+    let mut reg = Proc::spawn("register", &bin, &args, &[]).unwrap();
+    assert_eq!(reg.wait(Duration::from_secs(60)).unwrap(), 0, "{}", reg.log_tail(20));
+    assert!(reg.log().iter().any(|l| l.contains("as validator uid")), "{}", reg.log_tail(10));
+
+    let (info, _) = client.epoch_info().await.unwrap();
+    let until = (info.epoch + 6).to_string();
+    let mut runs: Vec<Proc> = (0..4)
+        .map(|i| {
+            let dir = tmp.path().join(format!("m{i}"));
+            MinerRun { rpc: &node.rpc_url, data: &data, until: &until }.spawn(
+                &miner_bin,
+                &dir,
+                accounts[i],
+                ports[i],
+            )
+        })
+        .collect();
+    let vargs = miner_args(
+        &[
+            "run",
+            "--listen",
+            &vaddr,
+            "--data",
+            &data.display().to_string(),
+            "--metrics-port",
+            "0",
+            "--until-epoch",
+            &until,
+        ],
+        &node.rpc_url,
+        &vdir,
+        "//Ferdie",
+    );
+    let mut validator = Proc::spawn("validator", &bin, &vargs, &[]).unwrap();
+
+    // Payouts by epoch while everything runs.
+    let mut paid: BTreeMap<u32, BTreeMap<String, u128>> = BTreeMap::new();
+    let mut validator_paid = 0u128;
+    let mut blocks = client.api().stream_blocks().await.expect("finalized blocks");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut settled_epochs = Vec::new();
+    while validator.wait(Duration::ZERO).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "still running after 300 s\n{}\n{}",
+            validator.log_tail(30),
+            runs.iter().map(|p| p.log_tail(10)).collect::<Vec<_>>().join("\n")
+        );
+        let Ok(Some(Ok(block))) = tokio::time::timeout(Duration::from_secs(5), blocks.next()).await
+        else {
+            continue;
+        };
+        let events = block.at().await.unwrap().events().fetch().await.unwrap();
+        let mut epoch_paid = BTreeMap::new();
+        for e in events.find::<sliver::sliver_rewards::events::MinerPaid>() {
+            let e = e.unwrap();
+            *epoch_paid.entry(e.who.to_string()).or_insert(0u128) += e.amount;
+        }
+        for e in events.find::<sliver::sliver_rewards::events::ValidatorPaid>() {
+            validator_paid += e.unwrap().amount;
+        }
+        for e in events.find::<sliver::sliver_rewards::events::EpochSettled>() {
+            let e = e.unwrap();
+            settled_epochs.push((e.epoch, e.paid_miners));
+            paid.insert(e.epoch, std::mem::take(&mut epoch_paid));
+        }
+    }
+    for p in runs.iter_mut() {
+        let _ = p.wait(Duration::from_secs(60));
+    }
+    let vlog = validator.log_tail(60);
+    println!("{vlog}");
+    println!("settled: {settled_epochs:?}\npaid: {paid:#?}");
+    assert_eq!(validator.wait(Duration::ZERO).unwrap(), 0, "{vlog}");
+    let s = summary(&validator);
+    let n = |k: &str| s[k].parse::<u64>().unwrap();
+    assert!(n("epochs") >= 3, "audited at least three epochs: {s:?}");
+    assert!(n("replayed") >= 12, "several micro-batches per miner replayed: {s:?}");
+    assert_eq!(n("passed"), n("replayed"), "every replay of honest work matched: {s:?}\n{vlog}");
+    assert_eq!((n("failed"), n("unanswered")), (0, 0), "{s:?}\n{vlog}");
+    assert_eq!(s["flagged"], "", "no honest miner flagged: {s:?}");
+    assert!(n("reveals") >= 2, "{s:?}");
+    // The chain paid miners by the validator's weights, and the validator its dividend.
+    let paying: Vec<_> = paid.iter().filter(|(_, m)| !m.is_empty()).collect();
+    assert!(paying.len() >= 2, "at least two epochs paid miners: {paid:?}");
+    let every_miner_paid = paying.iter().any(|(_, m)| m.len() >= 3);
+    assert!(every_miner_paid, "most miners paid in one epoch: {paid:?}");
+    assert!(validator_paid > 0, "the validator earned its dividend");
+}
