@@ -294,20 +294,26 @@ impl Validator {
         if prev + 1 != view.epoch || slivers.is_empty() {
             return None;
         }
-        let seed = match self.ctx.chain.call(|c| async move { c.audit_seed().await }).await {
-            Ok((e, seed)) if e as u64 == view.epoch => seed,
-            Ok((e, _)) => {
-                tracing::info!(
-                    epoch = view.epoch,
-                    finalized = e,
-                    "the audit seed is not final yet; auditing from the next epoch"
-                );
-                return None;
+        // The seed is read at the finalized block, a block or two behind the view.
+        let mut seed = None;
+        for _ in 0..20 {
+            match self.ctx.chain.call(|c| async move { c.audit_seed().await }).await {
+                Ok((e, s)) if e as u64 == view.epoch => {
+                    seed = Some(s);
+                    break;
+                }
+                Ok((e, _)) if (e as u64) > view.epoch => return None,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "no audit seed yet"),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "no audit seed");
-                return None;
-            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let Some(seed) = seed else {
+            tracing::warn!(
+                epoch = view.epoch,
+                "the audit seed was not finalized in 5 s; epoch not audited"
+            );
+            return None;
         };
         let peers_of = |s: Option<u16>| -> Vec<PeerId> {
             s.and_then(|s| slivers.get(&s))
