@@ -26,6 +26,7 @@
 
 pub mod audit;
 pub mod availability;
+pub mod cheat;
 pub mod config;
 pub mod gate;
 pub mod ledger;

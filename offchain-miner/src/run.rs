@@ -38,6 +38,7 @@ const PROGRAM: &str = "sliver-miner";
 /// Runs the miner until it fails, `opts.epochs` boundaries have passed, the chain reaches
 /// `opts.until_epoch`, or SIGTERM / Ctrl-C asks it to leave.
 pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
+    crate::cheat::check().map_err(|e| anyhow!(e))?;
     cfg.check_rpc()?;
     let schedule = Schedule::parse(&cfg.availability)?;
     let account =

@@ -496,7 +496,8 @@ impl Stage {
             let input = SliverInput::Tokens(self.trainer.tokens(&tokens.inputs, batch, seq)?);
             let weights = self.weights_hash();
             let out = compute(|| self.trainer.forward(id, input))?;
-            let payload = encode_tensor(self.cfg.codec, &out);
+            let payload =
+                crate::cheat::outgoing(Direction::Activation, encode_tensor(self.cfg.codec, &out));
             // Expected before it is sent: the gradient may come back before the receipt.
             self.gate.expect(key, next);
             match self.send(next, key, Direction::Activation, payload, weights).await {
@@ -634,7 +635,10 @@ impl Stage {
                     self.step_peers.insert(frame.peer);
                     self.losses.push(loss);
                     if let Some(g) = grad {
-                        let payload = encode_tensor(self.cfg.codec, &g);
+                        let payload = crate::cheat::outgoing(
+                            Direction::Gradient,
+                            encode_tensor(self.cfg.codec, &g),
+                        );
                         self.send_later(frame.peer, key, Direction::Gradient, payload);
                     }
                     self.done += 1;
@@ -663,7 +667,10 @@ impl Stage {
                         }
                     };
                     self.record_received(weights, &frame);
-                    let payload = encode_tensor(self.cfg.codec, &out);
+                    let payload = crate::cheat::outgoing(
+                        Direction::Activation,
+                        encode_tensor(self.cfg.codec, &out),
+                    );
                     self.origin.insert(key, frame.peer);
                     if !self.send_later(next, key, Direction::Activation, payload) {
                         self.origin.remove(&key);
@@ -694,7 +701,10 @@ impl Stage {
                 self.record_received(None, &frame);
                 self.step_peers.insert(frame.peer);
                 if let Some(grad_in) = compute(|| self.trainer.backward(id, g))? {
-                    let payload = encode_tensor(self.cfg.codec, &grad_in);
+                    let payload = crate::cheat::outgoing(
+                        Direction::Gradient,
+                        encode_tensor(self.cfg.codec, &grad_in),
+                    );
                     self.send_later(origin, key, Direction::Gradient, payload);
                 }
                 self.done += 1;

@@ -373,6 +373,21 @@ impl MinerRun<'_> {
         account: &str,
         port: u16,
     ) -> Proc {
+        self.spawn_with(bin, dir, account, port, &[])
+    }
+
+    /// [`MinerRun::spawn`] with more environment variables (e.g. `SLIVER_CHEAT` for a miner
+    /// built with the test-only `cheat` feature).
+    pub fn spawn_with(
+        &self,
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        account: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let mut vars = vec![("RUST_LOG", "info,libp2p=warn,sliver_p2p=warn")];
+        vars.extend_from_slice(env);
         let listen = format!("/ip4/127.0.0.1/tcp/{port}");
         let args = [
             "run",
@@ -390,7 +405,7 @@ impl MinerRun<'_> {
             &format!("miner {account}"),
             bin,
             &miner_args(&args, self.rpc, dir, account),
-            &[("RUST_LOG", "info,libp2p=warn,sliver_p2p=warn")],
+            &vars,
         )
         .expect("start sliver-miner")
     }
@@ -427,5 +442,66 @@ pub async fn wait_for_phase(
         }
         assert!(start.elapsed() < timeout, "{phase:?} of epoch {from}+ not reached: at {info:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Registers `account` as a validator with `stake` SLV bonded, its data in `dir`; returns the
+/// port it registered (127.0.0.1).
+pub fn register_validator(
+    bin: &std::path::Path,
+    rpc: &str,
+    dir: &std::path::Path,
+    account: &str,
+    stake: u32,
+) -> u16 {
+    let port = free_port();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    let stake = stake.to_string();
+    let args = miner_args(&["register", "--address", &addr, "--stake", &stake], rpc, dir, account);
+    let mut p = Proc::spawn("register", bin, &args, &[]).expect("start sliver-validator register");
+    assert_eq!(p.wait(Duration::from_secs(60)).unwrap(), 0, "{}", p.log_tail(20));
+    assert!(p.log().iter().any(|l| l.contains("as validator uid")), "{}", p.log_tail(10));
+    port
+}
+
+/// What every `sliver-validator run` of a test shares.
+pub struct ValidatorRun<'a> {
+    /// Node WebSocket URL.
+    pub rpc: &'a str,
+    /// Training text.
+    pub data: &'a std::path::Path,
+    /// `--until-epoch`.
+    pub until: &'a str,
+}
+
+impl ValidatorRun<'_> {
+    /// Starts `sliver-validator run` for `account` with data directory `dir`, listening on
+    /// 127.0.0.1:`port`, metrics off.
+    pub fn spawn(
+        &self,
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        account: &str,
+        port: u16,
+    ) -> Proc {
+        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        let args = [
+            "run",
+            "--listen",
+            &listen,
+            "--data",
+            self.data.to_str().unwrap_or_default(),
+            "--metrics-port",
+            "0",
+            "--until-epoch",
+            self.until,
+        ];
+        Proc::spawn(
+            &format!("validator {account}"),
+            bin,
+            &miner_args(&args, self.rpc, dir, account),
+            &[],
+        )
+        .expect("start sliver-validator")
     }
 }

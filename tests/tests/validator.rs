@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use sliver_chain::sliver;
 use sliver_e2e::{
-    corpus, free_port, miner_args, register_miners, summary, workspace_binary, DevNode, MinerRun,
-    Proc,
+    corpus, register_miners, register_validator, summary, workspace_binary, DevNode, MinerRun,
+    Proc, ValidatorRun,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,17 +25,7 @@ async fn a_validator_audits_honest_miners_and_they_are_paid() {
 
     // The validator registers with its stake.
     let vdir = tmp.path().join("v");
-    let vport = free_port();
-    let vaddr = format!("/ip4/127.0.0.1/tcp/{vport}");
-    let args = miner_args(
-        &["register", "--address", &vaddr, "--stake", "200"],
-        &node.rpc_url,
-        &vdir,
-        "//Ferdie",
-    );
-    let mut reg = Proc::spawn("register", &bin, &args, &[]).unwrap();
-    assert_eq!(reg.wait(Duration::from_secs(60)).unwrap(), 0, "{}", reg.log_tail(20));
-    assert!(reg.log().iter().any(|l| l.contains("as validator uid")), "{}", reg.log_tail(10));
+    let vport = register_validator(&bin, &node.rpc_url, &vdir, "//Ferdie", 200);
 
     let (info, _) = client.epoch_info().await.unwrap();
     let until = (info.epoch + 6).to_string();
@@ -50,23 +40,8 @@ async fn a_validator_audits_honest_miners_and_they_are_paid() {
             )
         })
         .collect();
-    let vargs = miner_args(
-        &[
-            "run",
-            "--listen",
-            &vaddr,
-            "--data",
-            &data.display().to_string(),
-            "--metrics-port",
-            "0",
-            "--until-epoch",
-            &until,
-        ],
-        &node.rpc_url,
-        &vdir,
-        "//Ferdie",
-    );
-    let mut validator = Proc::spawn("validator", &bin, &vargs, &[]).unwrap();
+    let mut validator = ValidatorRun { rpc: &node.rpc_url, data: &data, until: &until }
+        .spawn(&bin, &vdir, "//Ferdie", vport);
 
     // Payouts by epoch while everything runs.
     let mut paid: BTreeMap<u32, BTreeMap<String, u128>> = BTreeMap::new();

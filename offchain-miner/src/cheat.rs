@@ -1,0 +1,129 @@
+//! Dishonest miners, for testing validators only.
+//!
+//! With the `cargo` feature `cheat` (off by default, and a compile error in release builds)
+//! the environment variable `SLIVER_CHEAT` makes this miner cheat in one of the ways a
+//! validator must catch:
+//!
+//! - `random`: random values in place of its outputs (activations on the first and middle
+//!   slivers, gradients on the last and middle ones), i.e. no forward or backward pass;
+//! - `zero`: zeros in place of its outputs;
+//! - `stale`: the output it sent for the previous micro-batch, sent again for this one;
+//! - `unsigned`: for every frame it sends, a second claim of work under another key, with a
+//!   receipt no neighbour signed.
+//!
+//! Without the feature every function here is the honest identity, and setting
+//! `SLIVER_CHEAT` is an error (so a test cannot silently run an honest miner as a cheater).
+
+#[cfg(all(feature = "cheat", not(debug_assertions)))]
+compile_error!("the `cheat` feature builds a dishonest miner for tests; release builds refuse it");
+
+use sliver_p2p::{Direction, FrameHeader};
+
+/// The variable that selects a cheat.
+pub const VARIABLE: &str = "SLIVER_CHEAT";
+
+/// Checks `SLIVER_CHEAT` against this build: an error if it is set without the feature, or
+/// names no cheat.
+pub fn check() -> Result<(), String> {
+    let Some(v) = std::env::var_os(VARIABLE) else { return Ok(()) };
+    if cfg!(feature = "cheat") {
+        imp::kind()
+            .map(|_| ())
+            .ok_or_else(|| format!("{VARIABLE}={v:?}: use random, zero, stale or unsigned"))
+    } else {
+        Err(format!("{VARIABLE} is set, but this sliver-miner is built without the test-only `cheat` feature"))
+    }
+}
+
+/// The payload to send in place of `payload` (the honest one without a cheat).
+#[inline]
+pub fn outgoing(direction: Direction, payload: Vec<u8>) -> Vec<u8> {
+    #[cfg(feature = "cheat")]
+    return imp::outgoing(direction, payload);
+    #[cfg(not(feature = "cheat"))]
+    {
+        let _ = direction;
+        payload
+    }
+}
+
+/// A made-up claim of work to record next to a sent frame: a header under another key and a
+/// receipt signed by a stranger. `None` without the `unsigned` cheat.
+#[inline]
+pub fn extra_claim(header: &FrameHeader) -> Option<(FrameHeader, Vec<u8>)> {
+    #[cfg(feature = "cheat")]
+    return imp::extra_claim(header);
+    #[cfg(not(feature = "cheat"))]
+    {
+        let _ = header;
+        None
+    }
+}
+
+#[cfg(feature = "cheat")]
+mod imp {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use sliver_p2p::identity::Keypair;
+    use sliver_p2p::{Direction, FrameHeader, PeerId, Receipt, Reply};
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        Random,
+        Zero,
+        Stale,
+        Unsigned,
+    }
+
+    pub fn kind() -> Option<Kind> {
+        static KIND: OnceLock<Option<Kind>> = OnceLock::new();
+        *KIND.get_or_init(|| match std::env::var(super::VARIABLE).ok()?.as_str() {
+            "random" => Some(Kind::Random),
+            "zero" => Some(Kind::Zero),
+            "stale" => Some(Kind::Stale),
+            "unsigned" => Some(Kind::Unsigned),
+            _ => None,
+        })
+    }
+
+    fn replace(payload: &[u8], f: impl Fn(usize) -> f32) -> Vec<u8> {
+        match sliver_wire::decode(payload, usize::MAX >> 8) {
+            Ok(d) => {
+                let values: Vec<f32> = (0..d.values.len()).map(f).collect();
+                sliver_wire::encode(d.codec, &d.shape, &values)
+            }
+            Err(_) => payload.to_vec(),
+        }
+    }
+
+    pub fn outgoing(direction: Direction, payload: Vec<u8>) -> Vec<u8> {
+        static LAST: Mutex<Option<HashMap<bool, Vec<u8>>>> = Mutex::new(None);
+        match kind() {
+            Some(Kind::Random) => replace(&payload, |i| {
+                let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+                (x as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            }),
+            Some(Kind::Zero) => replace(&payload, |_| 0.0),
+            Some(Kind::Stale) => {
+                let Ok(mut last) = LAST.lock() else { return payload };
+                let map = last.get_or_insert_with(HashMap::new);
+                let key = direction == Direction::Activation;
+                map.insert(key, payload.clone()).unwrap_or(payload)
+            }
+            _ => payload,
+        }
+    }
+
+    pub fn extra_claim(header: &FrameHeader) -> Option<(FrameHeader, Vec<u8>)> {
+        if kind() != Some(Kind::Unsigned) || header.step >= 1 << 40 {
+            return None;
+        }
+        let mut fake = header.clone();
+        fake.step = fake.step.wrapping_add(1 << 40);
+        let stranger = Keypair::generate_ed25519();
+        let me = PeerId::random();
+        let receipt = Receipt::sign(&stranger, me, fake.hash());
+        Some((fake, Reply::Accepted(receipt).encode()))
+    }
+}

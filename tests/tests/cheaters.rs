@@ -1,0 +1,136 @@
+//! Cheating miners against two validators, end to end: a real `sliver-node --dev`, three honest
+//! miners and one built with the test-only `cheat` feature (random values in place of its
+//! forward and backward passes), two `sliver-validator`s. The cheater is flagged in every epoch
+//! it is audited and paid nothing, the honest miners are paid and never flagged, and a
+//! validator killed between its commit and the Reveal phase reveals after its restart.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use sliver_chain::sliver;
+use sliver_e2e::{
+    corpus, register_miners, register_validator, summary, workspace_binary, DevNode, MinerRun,
+    Proc, ValidatorRun,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheating_miner_is_caught_and_a_restarted_validator_still_reveals() {
+    let node = DevNode::start().expect("start sliver-node");
+    let client = node.connect().await;
+    let miner_bin = workspace_binary("sliver-miner").unwrap();
+    let bin = workspace_binary("sliver-validator").unwrap();
+    let data = corpus();
+    let tmp = tempfile::tempdir().unwrap();
+    let accounts = ["//Bob", "//Charlie", "//Dave", "//Eve"];
+    let ports = register_miners(&miner_bin, &node.rpc_url, tmp.path(), &accounts);
+    let validators = ["//Ferdie", "//Alice"];
+    let vdirs: Vec<_> = (0..2).map(|i| tmp.path().join(format!("v{i}"))).collect();
+    let vports: Vec<u16> = (0..2)
+        .map(|i| register_validator(&bin, &node.rpc_url, &vdirs[i], validators[i], 200))
+        .collect();
+
+    let (info, _) = client.epoch_info().await.unwrap();
+    let until = (info.epoch + 6).to_string();
+    let miners = MinerRun { rpc: &node.rpc_url, data: &data, until: &until };
+    let mut runs: Vec<Proc> = (0..4)
+        .map(|i| {
+            let dir = tmp.path().join(format!("m{i}"));
+            let env: &[(&str, &str)] = if i == 3 { &[("SLIVER_CHEAT", "random")] } else { &[] };
+            miners.spawn_with(&miner_bin, &dir, accounts[i], ports[i], env)
+        })
+        .collect();
+    let vrun = ValidatorRun { rpc: &node.rpc_url, data: &data, until: &until };
+    let mut vals: Vec<Proc> =
+        (0..2).map(|i| vrun.spawn(&bin, &vdirs[i], validators[i], vports[i])).collect();
+
+    let mut paid: BTreeMap<u32, BTreeMap<String, u128>> = BTreeMap::new();
+    let mut blocks = client.api().stream_blocks().await.expect("finalized blocks");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut killed: Option<(Proc, u32)> = None;
+    while vals.iter_mut().any(|v| v.wait(Duration::ZERO).is_err()) {
+        assert!(Instant::now() < deadline, "still running after 300 s\n{}", vals[1].log_tail(30));
+        // Kill the second validator (as kill -9 would) right after its first commit, and
+        // restart it at once: it must still reveal that epoch's weights.
+        if killed.is_none() {
+            let committed = vals[1].log().into_iter().find(|l| l.contains("weights committed"));
+            if let Some(line) = committed {
+                let epoch = field(&line, "epoch=").expect("the commit names its epoch");
+                vals[1].kill();
+                let again = vrun.spawn(&bin, &vdirs[1], validators[1], vports[1]);
+                killed = Some((std::mem::replace(&mut vals[1], again), epoch));
+            }
+        }
+        let Ok(Some(Ok(block))) = tokio::time::timeout(Duration::from_secs(2), blocks.next()).await
+        else {
+            continue;
+        };
+        let events = block.at().await.unwrap().events().fetch().await.unwrap();
+        let mut epoch_paid = BTreeMap::new();
+        for e in events.find::<sliver::sliver_rewards::events::MinerPaid>() {
+            let e = e.unwrap();
+            *epoch_paid.entry(e.who.to_string()).or_insert(0u128) += e.amount;
+        }
+        for e in events.find::<sliver::sliver_rewards::events::EpochSettled>() {
+            paid.insert(e.unwrap().epoch, std::mem::take(&mut epoch_paid));
+        }
+    }
+    for p in runs.iter_mut() {
+        let _ = p.wait(Duration::from_secs(60));
+    }
+    let logs: Vec<String> = vals.iter().map(|v| v.log_tail(40)).collect();
+    println!("{}\npaid: {paid:#?}", logs.join("\n"));
+
+    // The restarted validator revealed the weights its predecessor committed.
+    let (first, epoch) = killed.expect("the second validator committed and was killed");
+    assert!(!first.log().iter().any(|l| l.starts_with("SUMMARY")), "it was killed");
+    let revealed = vals[1]
+        .log()
+        .iter()
+        .any(|l| l.contains("weights revealed") && field(l, "epoch=") == Some(epoch));
+    assert!(revealed, "the restart revealed epoch {epoch}\n{}", vals[1].log_tail(30));
+
+    let cheater: u16 = summary(&runs[3])["uid"].parse().unwrap();
+    let cheater_account = sliver_chain::account_of(&sliver_chain::dev_keypair("eve").unwrap());
+    for (i, v) in vals.iter_mut().enumerate() {
+        assert_eq!(v.wait(Duration::ZERO).unwrap(), 0, "{}", logs[i]);
+        let s = summary(v);
+        // Flagged: only the cheater, in at least two epochs.
+        let flagged: BTreeMap<u16, u64> = s["flagged"]
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                let (u, n) = x.split_once(':').unwrap();
+                (u.parse().unwrap(), n.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            flagged.keys().copied().collect::<Vec<_>>(),
+            vec![cheater],
+            "{s:?}\n{}",
+            logs[i]
+        );
+        if i == 0 {
+            assert!(flagged[&cheater] >= 3, "caught in every audited epoch: {s:?}");
+        }
+    }
+    // The cheater is paid nothing once validators reveal; the honest miners are paid.
+    let paying: Vec<_> = paid.values().filter(|m| !m.is_empty()).collect();
+    assert!(paying.len() >= 2, "{paid:?}");
+    for m in &paying {
+        let eve = m.get(&cheater_account.to_string()).copied().unwrap_or(0);
+        let honest: Vec<u128> = m
+            .iter()
+            .filter(|(who, _)| **who != cheater_account.to_string())
+            .map(|(_, a)| *a)
+            .collect();
+        assert!(honest.len() >= 2, "honest miners paid: {m:?}");
+        let mean = honest.iter().sum::<u128>() / honest.len() as u128;
+        assert!(eve * 100 < mean, "the cheater is paid under 1% of an honest miner: {m:?}");
+    }
+}
+
+/// The number after `name` in a log line (`epoch=7`).
+fn field(line: &str, name: &str) -> Option<u32> {
+    let rest = line.split(name).nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
