@@ -1,6 +1,7 @@
-//! Cheating miners against two validators, end to end: a real `sliver-node --dev`, three honest
-//! miners and one built with the test-only `cheat` feature (random values in place of its
-//! forward and backward passes), two `sliver-validator`s. The cheater is flagged in every epoch
+//! Cheating miners against validators, end to end: a real `sliver-node --dev`, four miners of
+//! which some are built with the test-only `cheat` feature and told to cheat, and real
+//! `sliver-validator`s. In the first test one miner sends random values in place of its
+//! forward and backward passes and two validators audit. The cheater is flagged in every epoch
 //! it is audited and paid nothing, the honest miners are paid and never flagged, and a
 //! validator killed between its commit and the Reveal phase reveals after its restart.
 
@@ -15,6 +16,19 @@ use sliver_e2e::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cheating_miner_is_caught_and_a_restarted_validator_still_reveals() {
+    network(&[(3, "random")], 2, true).await;
+}
+
+/// Outputs of the previous micro-batch sent again (stale activations and gradients), and work
+/// claimed with receipts no neighbour signed: both caught, the two honest miners paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_outputs_and_unsigned_claims_are_caught() {
+    network(&[(2, "stale"), (3, "unsigned")], 1, false).await;
+}
+
+/// Four miners (`cheats`: which of them cheat, and how), `validators` validators; with
+/// `restart`, the second validator is killed after its first commit and restarted.
+async fn network(cheats: &[(usize, &str)], validators: usize, restart: bool) {
     let node = DevNode::start().expect("start sliver-node");
     let client = node.connect().await;
     let miner_bin = workspace_binary("sliver-miner").unwrap();
@@ -23,10 +37,10 @@ async fn a_cheating_miner_is_caught_and_a_restarted_validator_still_reveals() {
     let tmp = tempfile::tempdir().unwrap();
     let accounts = ["//Bob", "//Charlie", "//Dave", "//Eve"];
     let ports = register_miners(&miner_bin, &node.rpc_url, tmp.path(), &accounts);
-    let validators = ["//Ferdie", "//Alice"];
-    let vdirs: Vec<_> = (0..2).map(|i| tmp.path().join(format!("v{i}"))).collect();
-    let vports: Vec<u16> = (0..2)
-        .map(|i| register_validator(&bin, &node.rpc_url, &vdirs[i], validators[i], 200))
+    let names = ["//Ferdie", "//Alice"];
+    let vdirs: Vec<_> = (0..validators).map(|i| tmp.path().join(format!("v{i}"))).collect();
+    let vports: Vec<u16> = (0..validators)
+        .map(|i| register_validator(&bin, &node.rpc_url, &vdirs[i], names[i], 200))
         .collect();
 
     let (info, _) = client.epoch_info().await.unwrap();
@@ -35,28 +49,29 @@ async fn a_cheating_miner_is_caught_and_a_restarted_validator_still_reveals() {
     let mut runs: Vec<Proc> = (0..4)
         .map(|i| {
             let dir = tmp.path().join(format!("m{i}"));
-            let env: &[(&str, &str)] = if i == 3 { &[("SLIVER_CHEAT", "random")] } else { &[] };
-            miners.spawn_with(&miner_bin, &dir, accounts[i], ports[i], env)
+            let env: Vec<(&str, &str)> =
+                cheats.iter().filter(|(m, _)| *m == i).map(|(_, k)| ("SLIVER_CHEAT", *k)).collect();
+            miners.spawn_with(&miner_bin, &dir, accounts[i], ports[i], &env)
         })
         .collect();
     let vrun = ValidatorRun { rpc: &node.rpc_url, data: &data, until: &until };
     let mut vals: Vec<Proc> =
-        (0..2).map(|i| vrun.spawn(&bin, &vdirs[i], validators[i], vports[i])).collect();
+        (0..validators).map(|i| vrun.spawn(&bin, &vdirs[i], names[i], vports[i])).collect();
 
     let mut paid: BTreeMap<u32, BTreeMap<String, u128>> = BTreeMap::new();
     let mut blocks = client.api().stream_blocks().await.expect("finalized blocks");
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut killed: Option<(Proc, u32)> = None;
     while vals.iter_mut().any(|v| v.wait(Duration::ZERO).is_err()) {
-        assert!(Instant::now() < deadline, "still running after 300 s\n{}", vals[1].log_tail(30));
+        assert!(Instant::now() < deadline, "still running after 300 s\n{}", vals[0].log_tail(30));
         // Kill the second validator (as kill -9 would) right after its first commit, and
         // restart it at once: it must still reveal that epoch's weights.
-        if killed.is_none() {
+        if restart && killed.is_none() {
             let committed = vals[1].log().into_iter().find(|l| l.contains("weights committed"));
             if let Some(line) = committed {
                 let epoch = field(&line, "epoch=").expect("the commit names its epoch");
                 vals[1].kill();
-                let again = vrun.spawn(&bin, &vdirs[1], validators[1], vports[1]);
+                let again = vrun.spawn(&bin, &vdirs[1], names[1], vports[1]);
                 killed = Some((std::mem::replace(&mut vals[1], again), epoch));
             }
         }
@@ -81,20 +96,34 @@ async fn a_cheating_miner_is_caught_and_a_restarted_validator_still_reveals() {
     println!("{}\npaid: {paid:#?}", logs.join("\n"));
 
     // The restarted validator revealed the weights its predecessor committed.
-    let (first, epoch) = killed.expect("the second validator committed and was killed");
-    assert!(!first.log().iter().any(|l| l.starts_with("SUMMARY")), "it was killed");
-    let revealed = vals[1]
-        .log()
-        .iter()
-        .any(|l| l.contains("weights revealed") && field(l, "epoch=") == Some(epoch));
-    assert!(revealed, "the restart revealed epoch {epoch}\n{}", vals[1].log_tail(30));
+    if restart {
+        let (first, epoch) = killed.expect("the second validator committed and was killed");
+        assert!(!first.log().iter().any(|l| l.starts_with("SUMMARY")), "it was killed");
+        let revealed = vals[1]
+            .log()
+            .iter()
+            .any(|l| l.contains("weights revealed") && field(l, "epoch=") == Some(epoch));
+        assert!(revealed, "the restart revealed epoch {epoch}\n{}", vals[1].log_tail(30));
+    }
 
-    let cheater: u16 = summary(&runs[3])["uid"].parse().unwrap();
-    let cheater_account = sliver_chain::account_of(&sliver_chain::dev_keypair("eve").unwrap());
+    let uid_of = |i: usize| -> u16 { summary(&runs[i])["uid"].parse().unwrap() };
+    let cheaters: Vec<u16> = cheats
+        .iter()
+        .map(|(i, _)| uid_of(*i))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let cheater_accounts: Vec<String> = cheats
+        .iter()
+        .map(|(i, _)| {
+            let name = accounts[*i].trim_start_matches("//").to_lowercase();
+            sliver_chain::account_of(&sliver_chain::dev_keypair(&name).unwrap()).to_string()
+        })
+        .collect();
     for (i, v) in vals.iter_mut().enumerate() {
         assert_eq!(v.wait(Duration::ZERO).unwrap(), 0, "{}", logs[i]);
         let s = summary(v);
-        // Flagged: only the cheater, in at least two epochs.
+        // Flagged: exactly the cheaters, each in every epoch this validator audited.
         let flagged: BTreeMap<u16, u64> = s["flagged"]
             .split(',')
             .filter(|x| !x.is_empty())
@@ -103,29 +132,37 @@ async fn a_cheating_miner_is_caught_and_a_restarted_validator_still_reveals() {
                 (u.parse().unwrap(), n.parse().unwrap())
             })
             .collect();
-        assert_eq!(
-            flagged.keys().copied().collect::<Vec<_>>(),
-            vec![cheater],
-            "{s:?}\n{}",
-            logs[i]
-        );
+        let flagged_uids: Vec<u16> = flagged.keys().copied().collect();
+        assert_eq!(flagged_uids, cheaters, "{s:?}\n{}", logs[i]);
         if i == 0 {
-            assert!(flagged[&cheater] >= 3, "caught in every audited epoch: {s:?}");
+            let epochs: u64 = s["epochs"].parse().unwrap();
+            assert!(epochs >= 3, "{s:?}");
+            // In every audited epoch in which a cheater claimed work, it was flagged.
+            for line in v.log().iter().filter(|l| l.starts_with("[validator uid")) {
+                for c in &cheaters {
+                    let part = line.split(" | ").find(|p| p.starts_with(&format!("uid {c} s")));
+                    if let Some(p) = part.filter(|p| !p.contains(": work 0 ")) {
+                        assert!(p.ends_with("FLAGGED"), "uid {c} not caught: {line}");
+                    }
+                }
+            }
+            for c in &cheaters {
+                assert!(flagged[c] >= 2, "caught in several epochs: {s:?}");
+            }
         }
     }
-    // The cheater is paid nothing once validators reveal; the honest miners are paid.
+    // Cheaters are paid nothing once validators reveal; every honest miner is paid.
     let paying: Vec<_> = paid.values().filter(|m| !m.is_empty()).collect();
     assert!(paying.len() >= 2, "{paid:?}");
     for m in &paying {
-        let eve = m.get(&cheater_account.to_string()).copied().unwrap_or(0);
-        let honest: Vec<u128> = m
-            .iter()
-            .filter(|(who, _)| **who != cheater_account.to_string())
-            .map(|(_, a)| *a)
-            .collect();
-        assert!(honest.len() >= 2, "honest miners paid: {m:?}");
+        let honest: Vec<u128> =
+            m.iter().filter(|(who, _)| !cheater_accounts.contains(who)).map(|(_, a)| *a).collect();
+        assert_eq!(honest.len(), 4 - cheater_accounts.len(), "every honest miner paid: {m:?}");
         let mean = honest.iter().sum::<u128>() / honest.len() as u128;
-        assert!(eve * 100 < mean, "the cheater is paid under 1% of an honest miner: {m:?}");
+        for c in &cheater_accounts {
+            let got = m.get(c).copied().unwrap_or(0);
+            assert!(got * 100 < mean, "a cheater is paid under 1% of an honest miner: {m:?}");
+        }
     }
 }
 
