@@ -75,6 +75,13 @@ impl Replayer {
         Replayer { shape, data, slivers: HashMap::new() }
     }
 
+    /// Forgets which snapshots are loaded (the next check of each sliver loads its own).
+    pub fn unload(&mut self) {
+        for l in self.slivers.values_mut() {
+            l.weights = None;
+        }
+    }
+
     /// The run's shapes.
     pub fn shape(&self) -> &RunShape {
         &self.shape
