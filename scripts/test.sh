@@ -22,6 +22,7 @@ cargo test --locked -p sliver-p2p --test netns -- --nocapture 2>&1
 step "engine with its optional features: BPE tokenizer tests, wgpu backend build"
 cargo test --locked -p sliver-engine --features bpe --lib 2>&1
 cargo check --locked -p sliver-engine --features wgpu 2>&1
+cargo check --locked -p sliver-miner --features wgpu 2>&1
 
 step "pallet benchmarks as tests (runtime-benchmarks) and try-runtime invariants"
 SKIP_WASM_BUILD=1 cargo test --locked -p pallet-sliver-registry -p pallet-sliver-clock \

@@ -71,7 +71,8 @@ enum Command {
         /// The training text (file, directory of .txt files, or JSON Lines).
         #[arg(long, env = "SLIVER_DATA")]
         data: Option<PathBuf>,
-        /// Burn device: flex (CPU), wgpu, cuda.
+        /// Burn device: flex (CPU), or wgpu / cuda in a build with that feature
+        /// (`cargo build -p sliver-miner --features wgpu`).
         #[arg(long)]
         device: Option<String>,
         /// Wire codec of activations and gradients: f32, bf16, int8.

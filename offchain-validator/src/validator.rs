@@ -206,23 +206,34 @@ impl Validator {
         Flow::Continue
     }
 
+    /// Commits this epoch's weights; a failed submission is tried again at the next block
+    /// of the phase.
     async fn on_commit(&mut self, view: Arc<ChainView>) -> Flow {
-        self.committed = true;
         let Some((epoch, audits)) = self.audits.as_ref().filter(|(e, _)| *e == view.epoch) else {
+            self.committed = true;
             return Flow::Continue;
         };
         let epoch = *epoch as u32;
-        if self.ctx.reveals.load(epoch).is_some_and(|p| p.committed) {
+        let kept = self.ctx.reveals.load(epoch);
+        if kept.as_ref().is_some_and(|p| p.committed) {
+            self.committed = true;
             return Flow::Continue;
         }
         let weights = score::weights(audits);
         if weights.is_empty() {
+            self.committed = true;
             tracing::info!(epoch, "no miner earned a score this epoch; nothing to commit");
             return Flow::Continue;
         }
-        let mut pending = match Reveals::prepare(epoch, epoch.saturating_sub(1), &weights) {
+        // An attempt of this epoch already on disk keeps its salt: its commit may have landed.
+        let prepared = match kept {
+            Some(p) => Ok(p),
+            None => Reveals::prepare(epoch, epoch.saturating_sub(1), &weights),
+        };
+        let mut pending = match prepared {
             Ok(p) => p,
             Err(e) => {
+                self.committed = true;
                 tracing::error!(error = %e, "weights not committed");
                 return Flow::Continue;
             }
@@ -245,10 +256,12 @@ impl Validator {
             Ok(_) => {}
             Err(e) if e.to_string().contains("AlreadyCommitted") => {}
             Err(e) => {
-                tracing::warn!(epoch, error = %e, "weight commit failed");
+                tracing::warn!(epoch, error = %e, "weight commit failed; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 return Flow::Continue;
             }
         }
+        self.committed = true;
         pending.committed = true;
         let _ = self.ctx.reveals.save(&pending);
         self.ctx.metrics.commits.inc();
@@ -257,10 +270,12 @@ impl Validator {
         Flow::Continue
     }
 
+    /// Reveals the weights committed this epoch (read back from disk); a failed submission is
+    /// tried again at the next block of the phase.
     async fn on_reveal(&mut self, view: Arc<ChainView>) -> Flow {
-        self.revealed = true;
         let epoch = view.epoch as u32;
         let Some(mut pending) = self.ctx.reveals.load(epoch).filter(|p| !p.revealed) else {
+            self.revealed = true;
             return Flow::Continue;
         };
         let account = self.ctx.account.clone();
@@ -273,11 +288,21 @@ impl Validator {
         match sent {
             Ok(_) => {}
             Err(e) if e.to_string().contains("AlreadyRevealed") => {}
+            Err(e) if e.to_string().contains("NoCommit") => {
+                self.revealed = true;
+                tracing::warn!(
+                    epoch,
+                    "nothing of ours was committed this epoch; nothing to reveal"
+                );
+                return Flow::Continue;
+            }
             Err(e) => {
-                tracing::warn!(epoch, error = %e, "weight reveal failed");
+                tracing::warn!(epoch, error = %e, "weight reveal failed; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 return Flow::Continue;
             }
         }
+        self.revealed = true;
         pending.revealed = true;
         let _ = self.ctx.reveals.save(&pending);
         self.ctx.metrics.reveals.inc();

@@ -136,8 +136,10 @@ impl Replayer {
                 (false, Direction::Activation) => &mut ra,
                 (false, Direction::Gradient) => &mut rg,
             };
-            if slot.replace(h).is_some() {
-                return Err("two frames of one kind for one micro-batch".into());
+            // A retried or relayed copy can add a second frame of a kind: the first is the one
+            // the miner's forward and the neighbours' receipts go with.
+            if slot.is_none() {
+                *slot = Some(h);
             }
             if sent {
                 sent_bytes.push(f.header.clone());

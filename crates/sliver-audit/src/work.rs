@@ -89,6 +89,10 @@ pub fn check_index(n: &Neighbourhood, shape: &RunShape, entries: &[IndexEntry]) 
                 }
             }
         }
+        if report.fault.is_some() {
+            // One fault zeroes the miner: the rest need not be checked (nor cost signatures).
+            break;
+        }
         let complete = match (n.sliver == 0, n.sliver == last) {
             (true, _) => activation,
             (false, true) => gradient,

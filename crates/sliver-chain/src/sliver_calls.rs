@@ -50,7 +50,6 @@ pub fn registration_message(account: &AccountId, genesis_hash: H256, nonce: u32)
     (REGISTRATION_CONTEXT, account.0, genesis_hash, nonce).encode()
 }
 
-/// The hash a validator commits in the Commit phase and opens in the Reveal phase:
 /// The audit seed derived from an epoch seed: `blake2_256(b"sliver/audit" ++ seed)`, as the
 /// clock pallet's `audit_seed`.
 pub fn audit_seed_of(seed: &H256) -> [u8; 32] {
@@ -59,6 +58,7 @@ pub fn audit_seed_of(seed: &H256) -> [u8; 32] {
     sp_crypto_hashing::blake2_256(&input)
 }
 
+/// The hash a validator commits in the Commit phase and opens in the Reveal phase:
 /// blake2-256 of SCALE `(validator, epoch, uids, weights, salt)`.
 pub fn commit_hash(
     validator: &AccountId,
@@ -309,9 +309,11 @@ impl ChainClient {
             None => 0,
         };
         let seed = at.storage().entry(clock().epoch_seed()).map_err(rpc)?;
+        // Epoch 0 has the all-zero seed, as the pallet stores it.
         let seed: H256 = match seed.try_fetch(()).await.map_err(rpc)? {
             Some(v) => v.decode().map_err(rpc)?,
-            None => H256::zero(),
+            None if epoch == 0 => H256::zero(),
+            None => return Err(ChainError::Rpc(format!("no seed stored for epoch {epoch}"))),
         };
         Ok((epoch, audit_seed_of(&seed)))
     }
