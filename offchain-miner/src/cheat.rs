@@ -7,7 +7,8 @@
 //! - `random`: random values in place of its outputs (activations on the first and middle
 //!   slivers, gradients on the last and middle ones), i.e. no forward or backward pass;
 //! - `zero`: zeros in place of its outputs;
-//! - `stale`: the output it sent for the previous micro-batch, sent again for this one;
+//! - `stale`: the output it sent for the previous micro-batch, sent again for this one (the
+//!   very first output, which has none before it, is made up);
 //! - `unsigned`: for every frame it sends, a second claim of work under another key, with a
 //!   receipt no neighbour signed.
 //!
@@ -109,7 +110,9 @@ mod imp {
                 let Ok(mut last) = LAST.lock() else { return payload };
                 let map = last.get_or_insert_with(HashMap::new);
                 let key = direction == Direction::Activation;
-                map.insert(key, payload.clone()).unwrap_or(payload)
+                // The first output has no predecessor: random values stand in for it.
+                map.insert(key, payload.clone())
+                    .unwrap_or_else(|| replace(&payload, |i| ((i % 13) as f32 - 6.0) * 0.05))
             }
             _ => payload,
         }
