@@ -27,13 +27,14 @@ pub const VARIABLE: &str = "SLIVER_CHEAT";
 /// names no cheat.
 pub fn check() -> Result<(), String> {
     let Some(v) = std::env::var_os(VARIABLE) else { return Ok(()) };
-    if cfg!(feature = "cheat") {
-        imp::kind()
-            .map(|_| ())
-            .ok_or_else(|| format!("{VARIABLE}={v:?}: use random, zero, stale or unsigned"))
-    } else {
-        Err(format!("{VARIABLE} is set, but this sliver-miner is built without the test-only `cheat` feature"))
-    }
+    #[cfg(feature = "cheat")]
+    return imp::kind()
+        .map(|_| ())
+        .ok_or_else(|| format!("{VARIABLE}={v:?}: use random, zero, stale or unsigned"));
+    #[cfg(not(feature = "cheat"))]
+    Err(format!(
+        "{VARIABLE}={v:?} is set, but this sliver-miner is built without the test-only `cheat` feature"
+    ))
 }
 
 /// The payload to send in place of `payload` (the honest one without a cheat).

@@ -23,22 +23,8 @@ const PROGRAM: &str = "sliver-miner";
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// TOML configuration file.
-    #[arg(long, short, env = "SLIVER_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// WebSocket RPC endpoint of a Sliver node [default: ws://127.0.0.1:9944].
-    #[arg(long, env = "SLIVER_RPC_URL", global = true)]
-    rpc_url: Option<String>,
-    /// Data directory (node key, account key, checkpoints) [default: ~/.local/share/sliver-miner].
-    #[arg(long, env = "SLIVER_DATA_DIR", global = true)]
-    data_dir: Option<PathBuf>,
-    /// The account: a secret URI (//Alice, 0x<seed>), a mnemonic phrase or a key file.
-    #[arg(long, env = "SLIVER_ACCOUNT", global = true, hide_env_values = true)]
-    account: Option<String>,
-    /// Accept a plain ws:// URL of a node on another machine (without it only wss:// or a node
-    /// on this machine).
-    #[arg(long, global = true)]
-    insecure_rpc: bool,
+    #[command(flatten)]
+    common: sliver_operator::config::CommonArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,20 +108,14 @@ async fn main() {
 }
 
 async fn real_main(args: Args) -> anyhow::Result<()> {
-    let mut cfg = MinerConfig::load(args.config.as_deref())?;
-    if let Some(v) = args.rpc_url {
-        cfg.rpc_url = v;
-    }
-    if args.insecure_rpc {
-        cfg.insecure_rpc = true;
-    }
+    let mut cfg = MinerConfig::load(args.common.config.as_deref())?;
+    args.common.apply(sliver_operator::config::Common {
+        rpc_url: &mut cfg.rpc_url,
+        insecure_rpc: &mut cfg.insecure_rpc,
+        data_dir: &mut cfg.data_dir,
+        account: &mut cfg.account,
+    });
     cfg.check_rpc()?;
-    if let Some(v) = args.data_dir {
-        cfg.data_dir = v;
-    }
-    if let Some(v) = args.account {
-        cfg.account = Some(v);
-    }
     match args.command {
         Command::Keys { generate } => {
             if generate {

@@ -5,32 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// Why the configuration is not usable; each message names the file or the value.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file named with `--config` cannot be read.
-    #[error("cannot read the configuration {path}: {reason}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// The file is not valid (a typo is an unknown field).
-    #[error("bad configuration {path}: {reason}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// A value is out of range.
-    #[error("{0}")]
-    Value(String),
-    /// The node URL is refused.
-    #[error(transparent)]
-    Rpc(#[from] sliver_operator::rpc::RpcUrlError),
-}
+pub use sliver_operator::config::ConfigError;
 
 /// Everything `sliver-validator` can be told. Every field is optional in the file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -85,11 +60,7 @@ fn default_data_dir() -> PathBuf {
 impl ValidatorConfig {
     /// Reads `path` (a missing file is an error only when it was named explicitly).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = path else { return Ok(ValidatorConfig::default()) };
-        let p = || path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: p(), reason: e.to_string() })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p(), reason: e.to_string() })
+        sliver_operator::config::load(path)
     }
 
     /// Checks the values and the node URL against the RPC policy.

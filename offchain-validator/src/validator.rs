@@ -123,7 +123,7 @@ impl Validator {
                 Event::Epoch(v) => self.on_epoch(v).await,
                 Event::Commit(v) => self.on_commit(v).await,
                 Event::Reveal(v) => self.on_reveal(v).await,
-                Event::Stop => Flow::Done,
+                Event::Stop => self.on_stop().await,
             };
             if let Flow::Done = flow {
                 break;
@@ -163,9 +163,12 @@ impl Validator {
                 }
             }
             let mut stop = self.ctx.stop.clone();
+            // The view changes only when the chain does; a commit or reveal that failed is
+            // tried again on the tick.
             tokio::select! {
                 r = self.views.changed() => if r.is_err() { return Event::Stop },
                 _ = stop.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
@@ -309,6 +312,29 @@ impl Validator {
         self.totals.reveals += 1;
         tracing::info!(epoch, audited = pending.audited, "weights revealed");
         Flow::Continue
+    }
+
+    /// SIGTERM or Ctrl-C: weights committed this epoch are revealed first (waiting for the
+    /// Reveal phase, 20 s at most), so the stop does not make this validator silent.
+    async fn on_stop(&mut self) -> Flow {
+        let Some(epoch) = self.epoch else { return Flow::Done };
+        let pending = self.ctx.reveals.load(epoch as u32).filter(|p| p.committed && !p.revealed);
+        if pending.is_none() {
+            return Flow::Done;
+        }
+        tracing::info!(
+            epoch,
+            "stopping after the Reveal phase: this epoch's weights are committed"
+        );
+        let mut views = self.views.clone();
+        let reveal = |v: &Arc<ChainView>| v.epoch != epoch || v.phase == Some(Phase::Reveal);
+        let _ = tokio::time::timeout(Duration::from_secs(20), views.wait_for(reveal)).await;
+        let view = self.views.borrow().clone();
+        if view.epoch == epoch && view.phase == Some(Phase::Reveal) {
+            self.revealed = false;
+            let _ = self.on_reveal(view).await;
+        }
+        Flow::Done
     }
 
     // ---- helpers ----

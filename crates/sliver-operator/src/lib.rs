@@ -3,6 +3,7 @@
 //! The plumbing every program a Sliver operator runs needs, whatever its role, so that the
 //! miner and the validator behave alike where an operator would expect them to:
 //!
+//! - [`config`]: the TOML file, its errors and the global flags that override it.
 //! - [`keys`]: the chain account (sr25519: a secret URI, a mnemonic or a key file) and the
 //!   libp2p node key, both kept in the data directory with mode 0600.
 //! - [`rpc`]: which node URLs are acceptable: `wss://` anywhere, `ws://` only on loopback unless
@@ -17,6 +18,7 @@
 //! No Burn here: this crate builds in seconds and serves programs that do not train.
 
 pub mod chain;
+pub mod config;
 pub mod keys;
 pub mod metrics;
 pub mod rpc;

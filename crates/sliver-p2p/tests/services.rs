@@ -10,8 +10,9 @@ use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
 use sliver_p2p::network::TENSOR_PROTOCOL;
 use sliver_p2p::{
-    start, AuditAnswer, AuditRequest, AuditedFrame, Client, Direction, FrameHeader, Inbound,
-    NetworkConfig, NodeStatus, P2pError, PresenceNotice, Reachability, Reply,
+    start, AuditAnswer, AuditAsk, AuditIndexPage, AuditIndexRequest, AuditRequest, AuditedFrame,
+    Client, Direction, FrameHeader, Inbound, NetworkConfig, NodeStatus, P2pError, PresenceNotice,
+    Reachability, Reply,
 };
 use sliver_wire::WireCodec;
 use tokio::sync::watch;
@@ -80,17 +81,36 @@ async fn audits_are_answered_by_the_application() {
     validator.client.dial(miner.client.peer_id(), miner.addr.clone()).await.unwrap();
 
     let known = AuditRequest { run: 1, epoch: 4, route: 0, step: 2, micro_batch: 3 };
+    let entry = |step| sliver_p2p::IndexEntry {
+        key: sliver_p2p::AuditKey { route: 0, step, micro_batch: 0 },
+        sent: Vec::new(),
+    };
     tokio::spawn(async move {
         while let Some(q) = miner.inbound.audits.recv().await {
-            let answer = (q.request == known).then(|| AuditAnswer {
-                weights: [7; 32],
-                frames: vec![AuditedFrame {
-                    header: vec![1, 2, 3],
-                    receipt: Some(vec![4, 5]),
-                    payload_published: true,
-                }],
-            });
-            q.respond(answer).await;
+            match q.request {
+                AuditAsk::MicroBatch(r) => {
+                    let answer = (r == known).then(|| AuditAnswer {
+                        weights: [7; 32],
+                        frames: vec![AuditedFrame {
+                            header: vec![1, 2, 3],
+                            receipt: Some(vec![4, 5]),
+                            payload_published: true,
+                        }],
+                    });
+                    q.respond(answer).await;
+                }
+                // A first page in key order; a second one out of order (a hostile miner).
+                AuditAsk::Index(r) => {
+                    let entries = match r.after {
+                        None => vec![entry(1), entry(2)],
+                        Some(_) => vec![entry(9), entry(5)],
+                    };
+                    q.respond_index(
+                        (r.epoch == 4).then_some(AuditIndexPage { entries, more: true }),
+                    )
+                    .await;
+                }
+            }
         }
     });
     let peer = miner.client.peer_id();
@@ -99,6 +119,16 @@ async fn audits_are_answered_by_the_application() {
     assert_eq!(a.frames[0].receipt.as_deref(), Some(&[4u8, 5][..]));
     let unknown = AuditRequest { micro_batch: 99, ..known };
     assert_eq!(validator.client.audit(peer, unknown).await.unwrap(), None);
+
+    // The index, page by page; a page out of key order is refused.
+    let ask = |after| AuditIndexRequest { run: 1, epoch: 4, after };
+    let page = validator.client.audit_index(peer, ask(None)).await.unwrap().unwrap();
+    assert_eq!(page.entries.len(), 2);
+    assert!(page.more);
+    let after = Some(page.entries[1].key);
+    assert!(validator.client.audit_index(peer, ask(after)).await.is_err(), "out of order");
+    let none = AuditIndexRequest { epoch: 5, ..ask(None) };
+    assert_eq!(validator.client.audit_index(peer, none).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
