@@ -122,7 +122,9 @@ async fn four_miners_train_two_slivers_and_commit_weights_every_epoch() {
     // sliver.
     let loss = |s: &BTreeMap<String, String>, k: &str| s[k].parse::<f32>().ok();
     let first = summaries.iter().filter_map(|s| loss(s, "first_loss")).fold(0.0f32, f32::max);
-    assert!(first > 4.5, "an untrained byte model starts near ln 256 = 5.55: {summaries:?}");
+    // (A first loss is the mean of a miner's first five steps; on the repetitive text the test
+    // falls back to without ../shared, the loss already drops within them.)
+    assert!(first > 4.0, "an untrained byte model starts near ln 256 = 5.55: {summaries:?}");
     // (A summary's sliver is the assignment of the epoch the run stopped at, so it does not
     // say which miners trained the last sliver; those that did report a loss.)
     let lasts: Vec<f32> = summaries.iter().filter_map(|s| loss(s, "last_loss")).collect();
