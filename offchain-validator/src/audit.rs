@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use sliver_audit::work::SentFrame;
 use sliver_audit::{check_index, sample, Evidence, Neighbourhood, Outcome, Replayer, Secret};
 use sliver_chain::Uid;
@@ -183,7 +184,7 @@ struct Indexed {
 impl Auditor {
     /// Audits `plan`, returning one account per target.
     pub async fn audit(&self, plan: &Plan, deadline: &Deadline) -> Vec<MinerAudit> {
-        let indexes = futures_join(plan.targets.iter().map(|t| async move {
+        let indexes = join_all(plan.targets.iter().map(|t| async move {
             match tokio::time::timeout(INDEX_WINDOW, self.index(plan, t, deadline)).await {
                 Ok(r) => r,
                 Err(_) => Err(Missing::Late),
@@ -218,7 +219,7 @@ impl Auditor {
                 a
             }
         });
-        futures_join(audits).await
+        join_all(audits).await
     }
 
     /// The miner's whole index of the audited epoch, checked.
@@ -532,12 +533,4 @@ fn tied_to_neighbours(
         }
     }
     Ok(())
-}
-
-async fn futures_join<I, F>(futs: I) -> Vec<F::Output>
-where
-    I: IntoIterator<Item = F>,
-    F: std::future::Future,
-{
-    futures::future::join_all(futs).await
 }
