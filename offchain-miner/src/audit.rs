@@ -43,10 +43,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sliver_p2p::control::{MAX_INDEX_ENTRIES, MAX_INDEX_SENT};
+use sliver_p2p::control::{
+    MAX_AUDIT_BLOBS, MAX_INDEX_ENTRIES, MAX_INDEX_SENT, MAX_STEP_BATCHES, MAX_STEP_ENTRIES,
+};
 use sliver_p2p::{
-    AuditAnswer, AuditAsk, AuditIndexPage, AuditIndexRequest, AuditKey, AuditQuery, AuditRequest,
-    AuditedFrame, Client, FrameHeader, IndexEntry,
+    AuditAnswer, AuditAsk, AuditBlobsRequest, AuditIndexPage, AuditIndexRequest, AuditKey,
+    AuditQuery, AuditRequest, AuditStepsPage, AuditStepsRequest, AuditedFrame, Client, FrameHeader,
+    IndexEntry, StepEntry,
 };
 use tokio::sync::{mpsc, Semaphore};
 
@@ -57,6 +60,9 @@ const MAGIC: &[u8; 5] = b"SLVA1";
 pub const MAX_CONCURRENT: usize = 2;
 /// Longest receipt kept (a `Reply::Accepted` encoding is about 110 bytes for ed25519).
 const MAX_RECEIPT: usize = 4096;
+
+/// Longest step record on disk.
+const MAX_STEP_RECORD: usize = 32 + 32 + 33 + 8 + 8 + 8 + 1 + 2 + MAX_STEP_BATCHES * 24;
 
 /// Route, step, micro-batch.
 type Key = (u64, u64, u64);
@@ -88,6 +94,8 @@ struct EpochLog {
     writable: bool,
     weights: HashMap<[u8; 32], Span>,
     records: HashMap<Key, Record>,
+    /// Optimiser steps, in the order they were taken.
+    steps: Vec<StepEntry>,
     /// Blobs published to answer audits of this epoch (withdrawn when the epoch is dropped).
     published: Vec<[u8; 32]>,
     full: bool,
@@ -216,6 +224,70 @@ impl AuditLog {
         Some(hash)
     }
 
+    /// Whether `epoch` is being recorded (and the budget is not spent).
+    pub fn recording(&self, epoch: u64) -> bool {
+        let Ok(inner) = self.inner.lock() else { return false };
+        inner.epochs.get(&epoch).is_some_and(|l| l.writable && !l.full)
+    }
+
+    /// Records one optimiser step of `epoch` (see [`StepEntry`]); `false` if it was not
+    /// recorded (not recording, over the budget, or more micro-batches than a record holds).
+    pub fn step(&self, epoch: u64, step: StepEntry) -> bool {
+        if step.batches.len() > MAX_STEP_BATCHES {
+            tracing::warn!(
+                batches = step.batches.len(),
+                "a step of more micro-batches than an audit record holds; not recorded"
+            );
+            return false;
+        }
+        let Ok(mut inner) = self.inner.lock() else { return false };
+        let room = inner.room();
+        let Some(log) = inner.epochs.get_mut(&epoch).filter(|l| l.writable) else {
+            return false;
+        };
+        let body = encode_step(&step);
+        let mut head = vec![b'T'];
+        head.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        if log.append(&[&head, &body], room, epoch).is_none() {
+            return false;
+        }
+        log.steps.push(step);
+        true
+    }
+
+    /// A page of the step records of `req.epoch` from position `req.from`; `None` if the epoch
+    /// is not held. Memory only.
+    pub fn steps_page(&self, req: &AuditStepsRequest) -> Option<AuditStepsPage> {
+        let inner = self.inner.lock().ok()?;
+        if req.run != inner.run {
+            return None;
+        }
+        let log = inner.epochs.get(&req.epoch)?;
+        let from = (req.from as usize).min(log.steps.len());
+        let to = (from + MAX_STEP_ENTRIES).min(log.steps.len());
+        Some(AuditStepsPage { steps: log.steps[from..to].to_vec(), more: to < log.steps.len() })
+    }
+
+    /// The bytes of the kept blobs (weights and optimiser-state snapshots) among
+    /// `req.hashes`, by hash. Reads the disk: call it off the async threads.
+    pub fn blobs(&self, req: &AuditBlobsRequest) -> std::io::Result<Vec<([u8; 32], Vec<u8>)>> {
+        let (file, spans) = {
+            let Ok(inner) = self.inner.lock() else { return Ok(Vec::new()) };
+            if req.run != inner.run {
+                return Ok(Vec::new());
+            }
+            let Some(log) = inner.epochs.get(&req.epoch) else { return Ok(Vec::new()) };
+            let spans: Vec<([u8; 32], Span)> = req
+                .hashes
+                .iter()
+                .take(MAX_AUDIT_BLOBS)
+                .filter_map(|h| log.weights.get(h).map(|s| (*h, *s)))
+                .collect();
+            (log.file.try_clone()?, spans)
+        };
+        spans.into_iter().map(|(h, span)| Ok((h, read(&file, span)?))).collect()
+    }
+
     /// Records one frame received or sent in `header.epoch` (with the neighbour's receipt bytes
     /// for a frame sent), and, for the frame that started the micro-batch's forward here, the
     /// weights snapshot it ran with.
@@ -288,12 +360,16 @@ impl AuditLog {
                 return Ok(None);
             };
             let Some(weights) = record.weights else { return Ok(None) };
-            let Some(span) = log.weights.get(&weights) else { return Ok(None) };
+            let span = log.weights.get(&weights).copied();
             let frames: Vec<FrameEntry> =
                 record.frames.iter().take(sliver_p2p::control::MAX_AUDIT_FRAMES).cloned().collect();
-            (log.file.try_clone()?, weights, *span, frames)
+            (log.file.try_clone()?, weights, span, frames)
         };
-        let mut blobs = vec![read(&file, span)?];
+        // The weights are served when they were kept (every few steps: see `crate::stage`).
+        let mut blobs = Vec::new();
+        if let Some(span) = span {
+            blobs.push(read(&file, span)?);
+        }
         let mut answered = Vec::new();
         for f in frames {
             blobs.push(read(&file, f.payload)?);
@@ -389,6 +465,7 @@ impl EpochLog {
             writable: true,
             weights: HashMap::new(),
             records: HashMap::new(),
+            steps: Vec::new(),
             published: Vec::new(),
             full: false,
         })
@@ -410,6 +487,7 @@ impl EpochLog {
             writable: false,
             weights: HashMap::new(),
             records: HashMap::new(),
+            steps: Vec::new(),
             published: Vec::new(),
             full: false,
         };
@@ -419,6 +497,7 @@ impl EpochLog {
                 Some(Entry::Weights(hash, span)) => {
                     log.weights.insert(hash, span);
                 }
+                Some(Entry::Step(step)) => log.steps.push(step),
                 Some(Entry::Frame { weights, header, receipt, payload }) => {
                     if let Ok(h) = FrameHeader::decode(&header) {
                         log.index(&h, weights, header, receipt, payload);
@@ -487,6 +566,68 @@ impl EpochLog {
     }
 }
 
+fn encode_step(s: &StepEntry) -> Vec<u8> {
+    let mut b = Vec::with_capacity(128 + 24 * s.batches.len());
+    b.extend_from_slice(&s.before);
+    b.extend_from_slice(&s.after);
+    match s.optim {
+        Some(h) => {
+            b.push(1);
+            b.extend_from_slice(&h);
+        }
+        None => b.push(0),
+    }
+    b.extend_from_slice(&s.schedule_step.to_le_bytes());
+    b.extend_from_slice(&s.lr.to_le_bytes());
+    b.extend_from_slice(&s.factor.to_le_bytes());
+    b.push(u8::from(s.skipped));
+    b.extend_from_slice(&(s.batches.len() as u16).to_le_bytes());
+    for k in &s.batches {
+        for v in [k.route, k.step, k.micro_batch] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    b
+}
+
+fn decode_step(b: &[u8]) -> Option<StepEntry> {
+    let mut r = b;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, rest) = (r.get(..n)?, r.get(n..)?);
+        r = rest;
+        Some(head)
+    };
+    let before: [u8; 32] = take(32)?.try_into().ok()?;
+    let after: [u8; 32] = take(32)?.try_into().ok()?;
+    let optim = match take(1)?[0] {
+        0 => None,
+        1 => Some(take(32)?.try_into().ok()?),
+        _ => return None,
+    };
+    let u64_of = |b: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(b.try_into().ok()?)) };
+    let schedule_step = u64_of(take(8)?)?;
+    let lr = f64::from_bits(u64_of(take(8)?)?);
+    let factor = f64::from_bits(u64_of(take(8)?)?);
+    let skipped = match take(1)?[0] {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let n = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+    if n > MAX_STEP_BATCHES {
+        return None;
+    }
+    let mut batches = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (route, step, micro_batch) = (u64_of(take(8)?)?, u64_of(take(8)?)?, u64_of(take(8)?)?);
+        batches.push(AuditKey { route, step, micro_batch });
+    }
+    if !r.is_empty() {
+        return None;
+    }
+    Some(StepEntry { before, after, optim, schedule_step, lr, factor, skipped, batches })
+}
+
 fn read(file: &File, span: Span) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; span.len as usize];
     file.read_exact_at(&mut buf, span.offset)?;
@@ -495,6 +636,7 @@ fn read(file: &File, span: Span) -> std::io::Result<Vec<u8>> {
 
 enum Entry {
     Weights([u8; 32], Span),
+    Step(StepEntry),
     Frame { weights: Option<[u8; 32]>, header: Vec<u8>, receipt: Option<Vec<u8>>, payload: Span },
 }
 
@@ -555,6 +697,15 @@ impl Scan {
                 };
                 Ok(Some(Entry::Weights(hash, span)))
             }
+            b'T' => {
+                let Some(len) = self.array::<4>()? else { return Ok(None) };
+                let len = u32::from_le_bytes(len) as usize;
+                if len > MAX_STEP_RECORD {
+                    return Ok(None);
+                }
+                let Some(body) = self.take(len)? else { return Ok(None) };
+                Ok(decode_step(&body).map(Entry::Step))
+            }
             b'F' => {
                 let weights = match self.array::<1>()? {
                     Some([0]) => None,
@@ -605,8 +756,42 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     while let Some(q) = queries.recv().await {
-        let req = match q.request {
+        let req = match q.request.clone() {
             AuditAsk::MicroBatch(req) => req,
+            AuditAsk::Steps(req) => {
+                let page = log.steps_page(&req);
+                tracing::debug!(peer = %q.peer, ?req, kept = page.is_some(), "audit steps answered");
+                q.respond_steps(page).await;
+                continue;
+            }
+            AuditAsk::Blobs(req) => {
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let (log, client) = (log.clone(), client.clone());
+                tokio::spawn(async move {
+                    let l = log.clone();
+                    let r = req.clone();
+                    let found = match tokio::task::spawn_blocking(move || l.blobs(&r)).await {
+                        Ok(Ok(found)) => found,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "audit log unreadable");
+                            Vec::new()
+                        }
+                        Err(_) => Vec::new(),
+                    };
+                    let mut published = Vec::new();
+                    for (hash, bytes) in found {
+                        match client.publish_audit_blob(bytes) {
+                            Ok(h) if h == hash => published.push(h),
+                            Ok(_) => tracing::warn!("an audit blob changed on disk; not served"),
+                            Err(e) => tracing::warn!(error = %e, "audit blob not published"),
+                        }
+                    }
+                    log.note_published(req.epoch, published.iter().copied());
+                    q.respond_blobs(published).await;
+                    drop(slot);
+                });
+                continue;
+            }
             AuditAsk::Index(req) => {
                 // From memory: answered at once, outside the slots.
                 let page = log.index_page(&req);
@@ -715,6 +900,52 @@ mod tests {
         assert!(!path.exists());
         assert!(log.begin_epoch(2).is_empty(), "an older epoch changes nothing");
         assert_eq!(log.stats().epochs, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn step_records_page_survive_a_restart_and_blobs_are_served_by_hash() {
+        let dir = tempdir();
+        let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
+        log.begin_epoch(3);
+        let w = log.snapshot(3, b"weights").unwrap();
+        let o = log.snapshot(3, b"optimiser state").unwrap();
+        let entry = |i: u64| StepEntry {
+            before: [i as u8; 32],
+            after: [i as u8 + 1; 32],
+            optim: (i % 8 == 0).then_some(o),
+            schedule_step: 40 + i,
+            lr: 1e-3 / (i + 1) as f64,
+            factor: 0.75,
+            skipped: i == 5,
+            batches: (0..3).map(|mb| AuditKey { route: 1, step: i, micro_batch: mb }).collect(),
+        };
+        for i in 0..100 {
+            assert!(log.step(3, entry(i)));
+        }
+        let too_big = StepEntry {
+            batches: vec![AuditKey { route: 0, step: 0, micro_batch: 0 }; MAX_STEP_BATCHES + 1],
+            ..entry(0)
+        };
+        assert!(!log.step(3, too_big), "a record over the limit is refused");
+        let page = |from| log.steps_page(&AuditStepsRequest { run: 7, epoch: 3, from }).unwrap();
+        let (p0, p1) = (page(0), page(64));
+        assert!(p0.more && !p1.more);
+        assert_eq!((p0.steps.len(), p1.steps.len()), (64, 36));
+        assert_eq!(p1.steps[0], entry(64));
+        assert!(page(1000).steps.is_empty());
+        assert!(log.steps_page(&AuditStepsRequest { run: 8, epoch: 3, from: 0 }).is_none());
+
+        let ask = |hashes| AuditBlobsRequest { run: 7, epoch: 3, hashes };
+        let found = log.blobs(&ask(vec![w, [5; 32], o])).unwrap();
+        assert_eq!(found, vec![(w, b"weights".to_vec()), (o, b"optimiser state".to_vec())]);
+        assert!(log.blobs(&AuditBlobsRequest { run: 8, ..ask(vec![w]) }).unwrap().is_empty());
+
+        drop(log);
+        let log = AuditLog::open(&dir, 7, 1 << 20).unwrap();
+        let again = log.steps_page(&AuditStepsRequest { run: 7, epoch: 3, from: 0 }).unwrap();
+        assert_eq!(again, p0, "read back from disk");
+        assert_eq!(log.blobs(&ask(vec![o])).unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

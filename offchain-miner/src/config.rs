@@ -44,10 +44,13 @@ pub struct MinerConfig {
     pub grad_timeout_secs: u64,
     /// Connections from one IP address at most (several miners behind one NAT need more).
     pub max_connections_per_ip: u32,
-    /// Disk the audit log (frames, receipts and a weights snapshot per step, for the current
-    /// and previous epoch) may use, in MiB. Micro-batches past it cannot be audited, which
-    /// validators count against the miner.
+    /// Disk the audit log (frames, receipts, step records and snapshots, for the current and
+    /// previous epoch) may use, in MiB. Micro-batches past it cannot be audited and earn
+    /// nothing.
     pub audit_disk_mib: u64,
+    /// The audit log keeps the weights and the optimiser state every this many optimiser
+    /// steps: disk falls as it grows, and a validator replays up to this many steps per audit.
+    pub audit_snapshot_steps: u64,
     /// When the machine is available: the idle-window schedule.
     pub availability: Availability,
 }
@@ -87,6 +90,7 @@ impl Default for MinerConfig {
             grad_timeout_secs: 30,
             max_connections_per_ip: 16,
             audit_disk_mib: 8192,
+            audit_snapshot_steps: 8,
             availability: Availability::default(),
         }
     }

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context as _};
 use prometheus_client::registry::Registry;
 use sliver_chain::RunInfo;
 use sliver_engine::data::Dataset;
-use sliver_engine::optim::{AdamWConfig, LrSchedule};
+
 use sliver_engine::SliverSpec;
 use sliver_operator::chain::{ChainHandle, ChainView};
 use sliver_p2p::{Multiaddr, NetworkConfig, NodeStatus, PeerId, PresenceNotice};
@@ -144,10 +144,7 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
         model,
         specs,
         stage_cfg,
-        adamw: AdamWConfig {
-            weight_decay: run.hyper.weight_decay_micro as f64 / 1e6,
-            ..AdamWConfig::default()
-        },
+        adamw: sliver_audit::shape::adamw_of(&run),
         device,
         data,
         client: client.clone(),
@@ -253,14 +250,10 @@ fn stage_config(run: &RunInfo, cfg: &MinerConfig, codec: WireCodec, epoch: u64) 
         batch: (hyper.batch_size as usize / micro_batches as usize).max(1),
         seq: run.model.context_len as usize,
         codec,
-        lr: LrSchedule {
-            max_lr: hyper.learning_rate_micro as f64 / 1e6,
-            min_lr: hyper.min_learning_rate_micro as f64 / 1e6,
-            warmup_steps: hyper.warmup_steps as u64,
-            decay_steps: 5000,
-        },
+        lr: sliver_audit::shape::schedule_of(run),
         clip: hyper.grad_clip_micro as f64 / 1e6,
         grad_timeout: Duration::from_secs(cfg.grad_timeout_secs.max(1)),
+        audit_every: cfg.audit_snapshot_steps.max(1),
     }
 }
 

@@ -36,7 +36,9 @@ use sliver_engine::codec::{decode_tensor, encode_tensor};
 use sliver_engine::data::{BatchKey, Dataset, Split};
 use sliver_engine::optim::LrSchedule;
 use sliver_engine::{EngineError, SliverInput, SliverTrainer};
-use sliver_p2p::{Client, Direction, FrameHeader, IncomingFrame, P2pError, PeerId, Reply};
+use sliver_p2p::{
+    AuditKey, Client, Direction, FrameHeader, IncomingFrame, P2pError, PeerId, Reply, StepEntry,
+};
 use sliver_wire::WireCodec;
 use tokio::sync::{mpsc, watch};
 
@@ -67,6 +69,9 @@ pub struct StageConfig {
     pub clip: f64,
     /// How long the first sliver waits for the gradients of one step.
     pub grad_timeout: Duration,
+    /// The audit log keeps the weights and the optimiser state every this many steps (and at
+    /// the first step after a start); a validator replays up to this many steps to check one.
+    pub audit_every: u64,
 }
 
 /// What one optimiser step did.
@@ -143,9 +148,14 @@ pub struct Stage {
     next_id: u64,
     origin: HashMap<Key, PeerId>,
     audit: Option<AuditLog>,
-    /// BLAKE3 of the audit log's snapshot of the current weights (taken at the first forward
-    /// after each optimiser step).
+    /// BLAKE3 of the current weights (`SLVF1`, f32), computed at the first forward or step
+    /// after each optimiser step; the bytes enter the audit log at a snapshot.
     snapshot: Option<[u8; 32]>,
+    /// Optimiser steps taken in this epoch since the stage began it (a snapshot every
+    /// `audit_every`).
+    epoch_steps: u64,
+    /// The micro-batches whose gradients the step being accumulated holds, in the order added.
+    accumulated: Vec<Key>,
     /// The next-sliver miner a forward could not be delivered to (middle slivers).
     unreachable: Option<PeerId>,
     /// What the transport lets through to this stage.
@@ -199,6 +209,8 @@ impl Stage {
             origin: HashMap::new(),
             audit: None,
             snapshot: None,
+            epoch_steps: 0,
+            accumulated: Vec::new(),
             unreachable: None,
             gate,
             step_peers: HashSet::new(),
@@ -301,19 +313,37 @@ impl Stage {
         self.done = 0;
         self.losses.clear();
         self.snapshot = None;
+        self.epoch_steps = 0;
+        self.accumulated.clear();
         self.begin_audit_epoch();
     }
 
-    /// The audit log's hash of the weights the next forward runs with (snapshotting them the
-    /// first time after a step); `None` without a log.
+    /// The hash of the weights the next forward runs with, computed the first time after a
+    /// step; `None` without a log or when it does not record. At a snapshot step the weights
+    /// enter the log. A middle sliver keeps every step's weights: its forwards and backwards
+    /// interleave, so a micro-batch forwarded before a step may be summed into the next one,
+    /// and its replay needs the weights it ran with.
     fn weights_hash(&mut self) -> Option<[u8; 32]> {
         if self.snapshot.is_none() {
             let log = self.audit.clone()?;
+            if !log.recording(self.cfg.epoch) {
+                return None;
+            }
             let flat = sliver_engine::merge::export_flat(&mut self.trainer.sliver);
             let bytes = crate::merge::encode_flat(&flat, WireCodec::F32);
-            self.snapshot = log.snapshot(self.cfg.epoch, &bytes);
+            let middle = !self.trainer.spec.is_first() && !self.trainer.spec.is_last();
+            self.snapshot = if self.at_snapshot() || middle {
+                log.snapshot(self.cfg.epoch, &bytes)
+            } else {
+                Some(*blake3::hash(&bytes).as_bytes())
+            };
         }
         self.snapshot
+    }
+
+    /// Whether the next step starts from a snapshot.
+    fn at_snapshot(&self) -> bool {
+        self.epoch_steps % self.cfg.audit_every.max(1) == 0
     }
 
     /// Records a frame received (and accepted for the schedule) in the audit log.
@@ -555,6 +585,7 @@ impl Stage {
                 Ok(g) => {
                     self.record_received(None, &frame);
                     compute(|| self.trainer.backward(id, g))?;
+                    self.accumulated.push(key);
                     self.step_peers.insert(frame.peer);
                     completed += 1;
                 }
@@ -632,6 +663,7 @@ impl Stage {
                         }
                     };
                     self.record_received(weights, &frame);
+                    self.accumulated.push(key);
                     self.step_peers.insert(frame.peer);
                     self.losses.push(loss);
                     if let Some(g) = grad {
@@ -700,7 +732,9 @@ impl Stage {
                     };
                 self.record_received(None, &frame);
                 self.step_peers.insert(frame.peer);
-                if let Some(grad_in) = compute(|| self.trainer.backward(id, g))? {
+                let grad_in = compute(|| self.trainer.backward(id, g))?;
+                self.accumulated.push(key);
+                if let Some(grad_in) = grad_in {
                     let payload = crate::cheat::outgoing(
                         Direction::Gradient,
                         encode_tensor(self.cfg.codec, &grad_in),
@@ -778,16 +812,25 @@ impl Stage {
         let dropped = std::mem::take(&mut self.dropped);
         let mut skipped = false;
         if completed > 0 {
+            // What the audit log needs to replay this step: the weights and, at a snapshot,
+            // the optimiser state it starts from.
+            let at_snapshot = self.at_snapshot();
+            let before = self.weights_hash();
+            let optim = match (&self.audit, before) {
+                (Some(log), Some(_)) if at_snapshot => {
+                    log.snapshot(self.cfg.epoch, &self.trainer.optim.state_bytes())
+                }
+                _ => None,
+            };
             let norm = self.trainer.grad_squares().iter().sum::<f64>().sqrt();
+            let schedule_step = self.steps;
+            let lr = self.cfg.lr.at(schedule_step);
+            let mut factor = 1.0;
             if norm.is_finite() {
-                let factor = if self.cfg.clip > 0.0 && norm > self.cfg.clip {
-                    self.cfg.clip / norm
-                } else {
-                    1.0
-                };
-                let lr = self.cfg.lr.at(self.steps);
+                factor = sliver_engine::optim::clip_scale(norm, self.cfg.clip);
                 compute(|| self.trainer.step(lr, factor));
                 self.steps += 1;
+                self.epoch_steps += 1;
                 self.snapshot = None;
             } else {
                 // Clipping an infinite norm scales by zero, and inf * 0 is NaN in every weight:
@@ -808,8 +851,38 @@ impl Stage {
                         .push((only, "its frames made the gradient non-finite".into()));
                 }
             }
+            let batches = std::mem::take(&mut self.accumulated);
+            if let (Some(log), Some(before)) = (self.audit.clone(), before) {
+                match self.weights_hash() {
+                    // At a snapshot the optimiser state must be in the log too, or the steps
+                    // that follow cannot be replayed: then nothing is recorded.
+                    Some(after) if !at_snapshot || optim.is_some() => {
+                        let batches = batches
+                            .iter()
+                            .map(|&(route, step, micro_batch)| AuditKey {
+                                route,
+                                step,
+                                micro_batch,
+                            })
+                            .collect();
+                        let entry = StepEntry {
+                            before,
+                            after,
+                            optim,
+                            schedule_step,
+                            lr,
+                            factor,
+                            skipped,
+                            batches,
+                        };
+                        log.step(self.cfg.epoch, entry);
+                    }
+                    _ => {}
+                }
+            }
         }
         self.step_peers.clear();
+        self.accumulated.clear();
         self.done = 0;
         let loss = (!self.losses.is_empty())
             .then(|| self.losses.iter().sum::<f32>() / self.losses.len() as f32);

@@ -1,12 +1,15 @@
 //! Auditing one epoch of every miner's work, over the network.
 //!
 //! For each miner the chain assigned in the audited epoch, the auditor fetches its whole audit
-//! index and checks every receipt in it (`sliver_audit::work`), samples keys from the verified
-//! ones (`sliver_audit::sample`), asks for each sampled micro-batch's account, fetches the
-//! weights snapshot and payloads by hash and has them replayed (`sliver_audit::replay`) by the
-//! replay task, which owns the engine on its own thread. A replay that passes is tied to the
-//! neighbours: every frame the miner says it received must be one its neighbour's index lists
-//! as sent to it, byte for byte (so inputs cannot be made up to fit stale or copied outputs).
+//! index and checks every receipt in it (`sliver_audit::work`), and fetches its step records.
+//! The steps split into segments at the snapshots the miner kept; work counts only for
+//! receipted micro-batches that went into a step. The auditor samples segments
+//! (`sliver_audit::sample`, by the segment's first micro-batch), asks for the snapshot and
+//! for every summed micro-batch's account, fetches the blobs by hash and has the whole segment
+//! replayed (`sliver_audit::segment`) by the replay task, which owns the engine on its own
+//! thread. A replay that passes is tied to the neighbours: every frame the miner says it
+//! received must be one its neighbour's index lists as sent to it, byte for byte (so inputs
+//! cannot be made up to fit stale or copied outputs, nor gradients to steer its weights).
 //!
 //! Everything is bounded by the deadline (the Commit phase of the epoch after the audited
 //! one, when the scores must be committed): an audit asked and not answered by then fails;
@@ -18,11 +21,14 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use sliver_audit::work::SentFrame;
-use sliver_audit::{check_index, sample, Evidence, Neighbourhood, Outcome, Replayer, Secret};
+use sliver_audit::{
+    check_index, sample, BatchAccount, Neighbourhood, Replayer, Secret, SegmentEvidence,
+    SegmentOutcome,
+};
 use sliver_chain::Uid;
 use sliver_p2p::{
-    AuditAnswer, AuditIndexRequest, AuditKey, AuditRequest, Client, Direction, FrameHeader,
-    IndexEntry, Multiaddr, P2pError, PeerId,
+    AuditAnswer, AuditBlobsRequest, AuditIndexRequest, AuditKey, AuditRequest, AuditStepsRequest,
+    Client, Direction, FrameHeader, IndexEntry, Multiaddr, P2pError, PeerId, StepEntry,
 };
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
@@ -37,8 +43,11 @@ const MAX_INDEX_PAGES: usize = 64;
 const INDEX_WINDOW: Duration = Duration::from_secs(4);
 /// Time for one attempt of one request.
 const ATTEMPT_WINDOW: Duration = Duration::from_secs(4);
-/// Micro-batches replayed per miner and epoch at most.
-const MAX_SAMPLES: usize = 64;
+/// Step-record pages read per miner at most (64 records each).
+const MAX_STEP_PAGES: u32 = 64;
+/// Micro-batches replayed per miner and epoch at most (whole segments: the first segment is
+/// always replayed).
+const MAX_SAMPLES: u64 = 256;
 /// Frames one micro-batch's account may hold (received and sent, activation and gradient).
 const MAX_ANSWER_FRAMES: usize = 4;
 
@@ -92,10 +101,8 @@ impl Deadline {
 struct Job {
     epoch: u64,
     sliver: u16,
-    key: AuditKey,
-    listed: Vec<Vec<u8>>,
-    evidence: Evidence,
-    reply: oneshot::Sender<(Outcome, Duration)>,
+    evidence: SegmentEvidence,
+    reply: oneshot::Sender<(SegmentOutcome, Duration)>,
 }
 
 /// The replay task: one thread owns the engine; audits send it jobs.
@@ -119,7 +126,7 @@ impl ReplayHandle {
                     let started = Instant::now();
                     let run = std::panic::AssertUnwindSafe(|| {
                         sliver_engine::on_compute_thread(|| {
-                            replayer.check(job.epoch, job.sliver, job.key, &job.listed, &job.evidence)
+                            replayer.check_segment(job.epoch, job.sliver, &job.evidence)
                         })
                     });
                     match std::panic::catch_unwind(run) {
@@ -128,7 +135,10 @@ impl ReplayHandle {
                         }
                         Err(_) => {
                             // A bug of ours, not the miner's fault: this audit is not counted.
-                            tracing::error!(key = ?job.key, "the replay panicked; audit not counted");
+                            tracing::error!(
+                                sliver = job.sliver,
+                                "the replay panicked; audit not counted"
+                            );
                             replayer.unload();
                         }
                     }
@@ -142,12 +152,10 @@ impl ReplayHandle {
         &self,
         epoch: u64,
         sliver: u16,
-        key: AuditKey,
-        listed: Vec<Vec<u8>>,
-        evidence: Evidence,
-    ) -> Option<(Outcome, Duration)> {
+        evidence: SegmentEvidence,
+    ) -> Option<(SegmentOutcome, Duration)> {
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job { epoch, sliver, key, listed, evidence, reply }).await.ok()?;
+        self.jobs.send(Job { epoch, sliver, evidence, reply }).await.ok()?;
         rx.await.ok()
     }
 }
@@ -179,6 +187,7 @@ pub struct Auditor {
 struct Indexed {
     entries: Vec<IndexEntry>,
     report: sliver_audit::WorkReport,
+    steps: Vec<StepEntry>,
 }
 
 impl Auditor {
@@ -250,17 +259,31 @@ impl Auditor {
                 break;
             }
         }
+        let mut steps: Vec<StepEntry> = Vec::new();
+        for _ in 0..MAX_STEP_PAGES {
+            let from = steps.len() as u32;
+            let req = AuditStepsRequest { run: self.run, epoch: plan.epoch, from };
+            let Some(page) = self.retry(deadline, || self.client.audit_steps(peer, req)).await?
+            else {
+                return Err(Missing::Fault("it keeps an index but no step records".into()));
+            };
+            let more = page.more && !page.steps.is_empty();
+            steps.extend(page.steps);
+            if !more {
+                break;
+            }
+        }
         // Up to a signature check per frame: off the async threads.
         let (hood, shape) = (t.hood.clone(), self.shape.clone());
         tokio::task::spawn_blocking(move || {
             let report = check_index(&hood, &shape, &entries);
-            Indexed { entries, report }
+            Indexed { entries, report, steps }
         })
         .await
         .map_err(|_| Missing::Late)
     }
 
-    /// Samples and replays the miner's verified micro-batches.
+    /// Counts the miner's work, samples segments of its steps and replays them.
     #[allow(clippy::too_many_arguments)]
     async fn replays(
         &self,
@@ -272,62 +295,62 @@ impl Auditor {
         deadline: &Deadline,
         a: &mut MinerAudit,
     ) {
-        a.work = ix.report.verified.len() as u64;
         if let Some(why) = &ix.report.fault {
+            a.work = ix.report.verified.len() as u64;
             a.fail(format!("its index: {why}"));
             self.metrics.failed.inc();
             return;
         }
-        let mut keys = sample(&self.secret, &plan.seed, t.uid, &ix.report.verified, self.rate);
-        keys.truncate(MAX_SAMPLES);
+        let segments = match segments_of(&ix.steps) {
+            Ok(s) => s,
+            Err(why) => {
+                a.fail(format!("its step records: {why}"));
+                self.metrics.failed.inc();
+                return;
+            }
+        };
+        // Work: receipted micro-batches that went into a step.
+        let stepped: HashSet<AuditKey> =
+            segments.iter().flatten().flat_map(|s| s.batches.iter().copied()).collect();
+        let verified: Vec<AuditKey> =
+            ix.report.verified.iter().copied().filter(|k| stepped.contains(k)).collect();
+        a.work = verified.len() as u64;
+        if verified.is_empty() {
+            return;
+        }
+        // Segments are sampled by their first micro-batch; only those holding work count.
+        let worked: HashSet<AuditKey> = verified.iter().copied().collect();
+        let ids: Vec<AuditKey> = segments
+            .iter()
+            .filter(|seg| seg.iter().flat_map(|s| &s.batches).any(|k| worked.contains(k)))
+            .filter_map(|seg| seg.iter().flat_map(|s| s.batches.first()).next().copied())
+            .collect();
+        let chosen: HashSet<AuditKey> =
+            sample(&self.secret, &plan.seed, t.uid, &ids, self.rate).into_iter().collect();
         let listed_of = |key: &AuditKey| -> Vec<Vec<u8>> {
             ix.entries
-                .iter()
-                .find(|e| e.key == *key)
-                .map(|e| e.sent.iter().map(|f| f.header.clone()).collect())
+                .binary_search_by(|e| e.key.cmp(key))
+                .ok()
+                .map(|i| ix.entries[i].sent.iter().map(|f| f.header.clone()).collect())
                 .unwrap_or_default()
         };
-        let mut snapshots: HashMap<[u8; 32], Vec<u8>> = HashMap::new();
-        for key in keys {
-            // Keys not asked before the deadline count neither way.
+        let mut replayed = 0u64;
+        for seg in &segments {
+            let Some(id) = seg.iter().flat_map(|s| s.batches.first()).next() else { continue };
+            if !chosen.contains(id) {
+                continue;
+            }
+            let size: u64 = seg.iter().map(|s| s.batches.len() as u64).sum();
+            if replayed > 0 && replayed + size > MAX_SAMPLES {
+                continue;
+            }
+            // Segments not asked before the deadline count neither way.
             if deadline.passed() {
                 break;
             }
             let Ok(_slot) = self.slots.acquire().await else { return };
-            a.sampled += 1;
-            let req = AuditRequest {
-                run: self.run,
-                epoch: plan.epoch,
-                route: key.route,
-                step: key.step,
-                micro_batch: key.micro_batch,
-            };
-            let peer = t.hood.miner;
-            let answer = match self.retry(deadline, || self.client.audit(peer, req)).await {
-                Ok(Some(answer)) => answer,
-                Ok(None) => {
-                    a.fail(format!("{key:?}: listed in its index, then not kept"));
-                    self.metrics.failed.inc();
-                    continue;
-                }
-                Err(Missing::Late | Missing::Nothing) => {
-                    a.unanswered += 1;
-                    self.metrics.unanswered.inc();
-                    continue;
-                }
-                Err(Missing::Fault(why)) => {
-                    a.fail(why);
-                    self.metrics.failed.inc();
-                    continue;
-                }
-            };
-            let listed = listed_of(&key);
-            if let Err(why) = precheck(self.run, plan.epoch, &key, &listed, &answer) {
-                a.fail(format!("{key:?}: {why}"));
-                self.metrics.failed.inc();
-                continue;
-            }
-            let evidence = match self.evidence(t, answer, &mut snapshots, deadline).await {
+            replayed += size;
+            let evidence = match self.segment(plan, t, seg, &listed_of, deadline).await {
                 Ok(e) => e,
                 Err(Missing::Late | Missing::Nothing) => {
                     a.unanswered += 1;
@@ -335,66 +358,124 @@ impl Auditor {
                     continue;
                 }
                 Err(Missing::Fault(why)) => {
-                    a.fail(format!("{key:?}: {why}"));
+                    tracing::warn!(uid = t.uid, "audit failed: {why}");
+                    a.fail(why);
                     self.metrics.failed.inc();
                     continue;
                 }
             };
             let Some((outcome, took)) =
-                self.replay.check(plan.epoch, t.hood.sliver, key, listed, evidence).await
+                self.replay.check(plan.epoch, t.hood.sliver, evidence).await
             else {
                 // The replay itself failed (logged): not the miner's fault, not counted.
-                a.sampled -= 1;
                 continue;
             };
             self.metrics.replay_seconds.observe(took.as_secs_f64());
             match outcome {
-                Outcome::Pass { loss, received } => {
-                    match tied_to_neighbours(t, &key, &received, sent, indexed) {
+                SegmentOutcome::Pass { checked, losses, received, .. } => {
+                    a.sampled += checked as u32;
+                    match tied_to_neighbours(t, &received, sent, indexed) {
                         Ok(()) => {
-                            a.passed += 1;
-                            a.losses.extend(loss);
-                            self.metrics.passed.inc();
+                            a.passed += checked as u32;
+                            a.losses.extend(losses);
+                            self.metrics.passed.inc_by(checked);
                         }
                         Err(why) => {
-                            a.fail(format!("{key:?}: {why}"));
+                            a.fail(why);
                             self.metrics.failed.inc();
                         }
                     }
                 }
-                Outcome::Fail(why) => {
-                    tracing::warn!(uid = t.uid, ?key, "audit failed: {why}");
-                    a.fail(format!("{key:?}: {why}"));
+                SegmentOutcome::Fail(why) => {
+                    tracing::warn!(uid = t.uid, "audit failed: {why}");
+                    a.sampled += size as u32;
+                    a.fail(why);
                     self.metrics.failed.inc();
                 }
             }
         }
     }
 
-    /// Fetches the blobs an answer names (snapshots cached per miner).
-    async fn evidence(
+    /// Everything a replay of segment `seg` needs, fetched from the miner: the snapshot, every
+    /// summed micro-batch's account and its received payloads, older weights it names.
+    async fn segment(
         &self,
+        plan: &Plan,
         t: &Target,
-        answer: AuditAnswer,
-        snapshots: &mut HashMap<[u8; 32], Vec<u8>>,
+        seg: &[StepEntry],
+        listed_of: &impl Fn(&AuditKey) -> Vec<Vec<u8>>,
         deadline: &Deadline,
-    ) -> Result<Evidence, Missing> {
+    ) -> Result<SegmentEvidence, Missing> {
         let peer = t.hood.miner;
-        let weights = match snapshots.get(&answer.weights) {
-            Some(w) => w.clone(),
-            None => {
-                let len =
-                    self.replay.snapshot_len.get(t.hood.sliver as usize).copied().unwrap_or(0);
-                let w = self
-                    .retry(deadline, || self.client.fetch_blob(peer, answer.weights, len))
-                    .await?;
-                snapshots.clear();
-                snapshots.insert(answer.weights, w.clone());
-                w
+        let first = seg.first().ok_or(Missing::Nothing)?;
+        let optim_hash = first.optim.ok_or(Missing::Nothing)?;
+        let len = self.replay.snapshot_len.get(t.hood.sliver as usize).copied().unwrap_or(0);
+        let blobs = |hashes: Vec<[u8; 32]>| {
+            let req = AuditBlobsRequest { run: self.run, epoch: plan.epoch, hashes };
+            let client = self.client.clone();
+            move || {
+                let (client, req) = (client.clone(), req.clone());
+                async move { client.audit_blobs(peer, req).await }
             }
         };
+        let published = self.retry(deadline, blobs(vec![first.before, optim_hash])).await?;
+        if !published.contains(&first.before) || !published.contains(&optim_hash) {
+            return Err(Missing::Fault("the snapshot its steps name is not kept".into()));
+        }
+        let weights =
+            self.retry(deadline, || self.client.fetch_blob(peer, first.before, len)).await?;
+        // Two moments per weight, and their names.
+        let optim = self
+            .retry(deadline, || self.client.fetch_blob(peer, optim_hash, 2 * len + (16 << 10)))
+            .await?;
+        let mut batches = HashMap::new();
+        let mut older: HashMap<[u8; 32], Vec<u8>> = HashMap::new();
+        for step in seg {
+            for key in &step.batches {
+                let req = AuditRequest {
+                    run: self.run,
+                    epoch: plan.epoch,
+                    route: key.route,
+                    step: key.step,
+                    micro_batch: key.micro_batch,
+                };
+                let answer = match self.retry(deadline, || self.client.audit(peer, req)).await? {
+                    Some(a) => a,
+                    None => {
+                        return Err(Missing::Fault(format!(
+                            "{key:?}: summed into a step, then not kept"
+                        )))
+                    }
+                };
+                let listed = listed_of(key);
+                precheck(self.run, plan.epoch, key, &listed, &answer)
+                    .map_err(|why| Missing::Fault(format!("{key:?}: {why}")))?;
+                if answer.weights != step.before && !older.contains_key(&answer.weights) {
+                    let w = answer.weights;
+                    let published = self.retry(deadline, blobs(vec![w])).await?;
+                    if published.contains(&w) {
+                        let b =
+                            self.retry(deadline, || self.client.fetch_blob(peer, w, len)).await?;
+                        older.insert(w, b);
+                    }
+                }
+                let payloads = self.received_payloads(peer, &answer, deadline).await?;
+                batches.insert(*key, BatchAccount { answer, listed, payloads });
+            }
+        }
+        Ok(SegmentEvidence { steps: seg.to_vec(), weights, optim, older, batches })
+    }
+
+    /// Fetches the payloads of the frames an answer says the miner received (what it sent is
+    /// compared by hash only).
+    async fn received_payloads(
+        &self,
+        peer: PeerId,
+        answer: &AuditAnswer,
+        deadline: &Deadline,
+    ) -> Result<HashMap<[u8; 32], Vec<u8>>, Missing> {
         let mut payloads = HashMap::new();
-        for f in &answer.frames {
+        for f in answer.frames.iter().filter(|f| f.receipt.is_none()) {
             let h = FrameHeader::decode(&f.header)
                 .map_err(|e| Missing::Fault(format!("a header that does not decode: {e}")))?;
             if payloads.contains_key(&h.payload_hash) {
@@ -405,7 +486,7 @@ impl Auditor {
                 self.retry(deadline, || self.client.fetch_blob(peer, h.payload_hash, len)).await?;
             payloads.insert(h.payload_hash, p);
         }
-        Ok(Evidence { answer, weights, payloads })
+        Ok(payloads)
     }
 
     async fn connect(&self, peer: PeerId, addrs: &[Multiaddr]) {
@@ -503,23 +584,41 @@ enum Missing {
     Fault(String),
 }
 
+/// The steps split at the snapshots: each segment starts at a step that names the optimiser
+/// state. Steps before the first snapshot cannot be replayed and are left out (their work does
+/// not count). A micro-batch summed twice is a fault.
+fn segments_of(steps: &[StepEntry]) -> Result<Vec<Vec<StepEntry>>, String> {
+    let mut seen = HashSet::new();
+    let mut out: Vec<Vec<StepEntry>> = Vec::new();
+    for s in steps {
+        for k in &s.batches {
+            if !seen.insert(*k) {
+                return Err(format!("{k:?} summed into two steps"));
+            }
+        }
+        match (s.optim, out.last_mut()) {
+            (Some(_), _) => out.push(vec![s.clone()]),
+            (None, Some(seg)) => seg.push(s.clone()),
+            (None, None) => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Every input the replay used must be a frame its neighbour listed as sent to this miner.
 fn tied_to_neighbours(
     t: &Target,
-    key: &AuditKey,
-    received: &[(Direction, Vec<u8>)],
+    received: &[(AuditKey, Direction, Vec<u8>)],
     sent: &SentMap,
     indexed: &HashSet<PeerId>,
 ) -> Result<(), String> {
-    for (dir, bytes) in received {
-        // The first sliver's received gradient is not an input of its replay.
-        if t.hood.sliver == 0 && *dir == Direction::Gradient {
-            continue;
-        }
+    for (key, dir, bytes) in received {
         match sent.get(&(*key, *dir, t.hood.miner)) {
             Some(b) if b.contains(bytes) => {}
             Some(_) => {
-                return Err(format!("the {dir:?} it received differs from what its neighbour sent"))
+                return Err(format!(
+                    "{key:?}: the {dir:?} it received differs from what its neighbour sent"
+                ))
             }
             None => {
                 let senders = match dir {
@@ -527,7 +626,7 @@ fn tied_to_neighbours(
                     Direction::Gradient => &t.hood.next,
                 };
                 if !senders.is_empty() && senders.iter().all(|p| indexed.contains(p)) {
-                    return Err(format!("an {dir:?} that no neighbour says it sent"));
+                    return Err(format!("{key:?}: an {dir:?} that no neighbour says it sent"));
                 }
             }
         }

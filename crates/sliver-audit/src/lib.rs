@@ -16,13 +16,18 @@
 //!   the miner kept, recomputed with the engine's code; the outputs' hashes must equal the ones
 //!   its neighbours signed for. On the CPU backend the engine is bitwise deterministic, so the
 //!   comparison is exact.
+//! - [`segment`]: the check that a miner's weights follow from its work: a run of its optimiser
+//!   steps replayed from a snapshot of weights and optimiser state, every step's result
+//!   compared with the hash it recorded.
 
 pub mod replay;
 pub mod sample;
+pub mod segment;
 pub mod shape;
 pub mod work;
 
 pub use replay::{Evidence, Outcome, Replayer};
 pub use sample::{sample, Secret};
+pub use segment::{BatchAccount, SegmentEvidence, SegmentOutcome};
 pub use shape::RunShape;
 pub use work::{check_index, Neighbourhood, WorkReport};

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use sliver_engine::codec::{decode_tensor, encode_tensor};
 use sliver_engine::data::{BatchKey, Dataset, Split};
 use sliver_engine::merge::{export_flat, import_flat, Flat};
-use sliver_engine::optim::AdamWConfig;
 use sliver_engine::tensor_set::decode_flat;
 use sliver_engine::{SliverInput, SliverTrainer};
 use sliver_p2p::{AuditAnswer, AuditKey, Direction, FrameHeader};
@@ -53,9 +52,9 @@ pub enum Outcome {
     Fail(String),
 }
 
-struct Loaded {
-    trainer: SliverTrainer,
-    like: Flat,
+pub(crate) struct Loaded {
+    pub(crate) trainer: SliverTrainer,
+    pub(crate) like: Flat,
     weights: Option<[u8; 32]>,
 }
 
@@ -85,6 +84,11 @@ impl Replayer {
     /// The run's shapes.
     pub fn shape(&self) -> &RunShape {
         &self.shape
+    }
+
+    /// The run's data.
+    pub(crate) fn data(&self) -> Arc<Dataset> {
+        self.data.clone()
     }
 
     /// The byte length of a snapshot of `sliver` (what a fetch of it may be at most).
@@ -244,7 +248,7 @@ impl Replayer {
         Ok(Outcome::Pass { loss, received })
     }
 
-    fn loaded(&mut self, sliver: u16) -> Result<&mut Loaded, String> {
+    pub(crate) fn loaded(&mut self, sliver: u16) -> Result<&mut Loaded, String> {
         let spec = self
             .shape
             .specs
@@ -253,9 +257,14 @@ impl Replayer {
             .ok_or_else(|| format!("the run has no sliver {sliver}"))?;
         if !self.slivers.contains_key(&sliver) {
             let device = sliver_engine::default_device();
-            let mut trainer =
-                SliverTrainer::new(&self.shape.model, spec, None, AdamWConfig::default(), &device)
-                    .map_err(|e| e.to_string())?;
+            let mut trainer = SliverTrainer::new(
+                &self.shape.model,
+                spec,
+                None,
+                self.shape.adamw.clone(),
+                &device,
+            )
+            .map_err(|e| e.to_string())?;
             let like = export_flat(&mut trainer.sliver);
             self.slivers.insert(sliver, Loaded { trainer, like, weights: None });
         }

@@ -3,7 +3,27 @@
 
 use sliver_chain::RunInfo;
 use sliver_engine::data::{ByteTokenizer, Dataset, Source};
+use sliver_engine::optim::{AdamWConfig, LrSchedule};
 use sliver_engine::{EngineError, GptConfig, SliverSpec};
+
+/// The run's inner learning-rate schedule over a miner's optimiser steps.
+pub fn schedule_of(run: &RunInfo) -> LrSchedule {
+    let hyper = &run.hyper;
+    LrSchedule {
+        max_lr: hyper.learning_rate_micro as f64 / 1e6,
+        min_lr: hyper.min_learning_rate_micro as f64 / 1e6,
+        warmup_steps: hyper.warmup_steps as u64,
+        decay_steps: 5000,
+    }
+}
+
+/// The run's inner optimiser.
+pub fn adamw_of(run: &RunInfo) -> AdamWConfig {
+    AdamWConfig {
+        weight_decay: run.hyper.weight_decay_micro as f64 / 1e6,
+        ..AdamWConfig::default()
+    }
+}
 
 /// The run's model (embeddings untied across machines: the first and last slivers each own
 /// theirs).
@@ -35,6 +55,12 @@ pub struct RunShape {
     pub batch: usize,
     /// Tokens per row.
     pub seq: usize,
+    /// The inner learning-rate schedule.
+    pub lr: LrSchedule,
+    /// Largest gradient norm of a sliver (0: no clipping).
+    pub clip: f64,
+    /// The inner optimiser.
+    pub adamw: AdamWConfig,
 }
 
 impl RunShape {
@@ -50,6 +76,9 @@ impl RunShape {
             batch: (run.hyper.batch_size as usize / micro_batches as usize).max(1),
             seq: run.model.context_len as usize,
             model,
+            lr: schedule_of(run),
+            clip: run.hyper.grad_clip_micro as f64 / 1e6,
+            adamw: adamw_of(run),
         })
     }
 

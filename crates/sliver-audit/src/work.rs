@@ -173,6 +173,14 @@ mod tests {
             micro_batches: 2,
             batch: 2,
             seq: 4,
+            lr: sliver_engine::optim::LrSchedule {
+                max_lr: 6e-4,
+                min_lr: 6e-5,
+                warmup_steps: 10,
+                decay_steps: 5000,
+            },
+            clip: 1.0,
+            adamw: sliver_engine::optim::AdamWConfig::default(),
         }
     }
 

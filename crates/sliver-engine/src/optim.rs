@@ -11,7 +11,11 @@ use std::collections::BTreeMap;
 use burn::tensor::Tensor;
 
 use crate::fast::AdamWStep;
+use crate::merge::Flat;
 use crate::model::Sliver;
+use crate::EngineError;
+
+const OPTIM_MAGIC: &[u8; 5] = b"SLVO1";
 
 /// AdamW hyper-parameters (PyTorch semantics; decoupled weight decay).
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +103,69 @@ impl AdamW {
         }
     }
 
+    /// The state as bytes: `b"SLVO1"`, the step count (`u64`, little-endian), then the moments
+    /// as a tensor set (`m/<name>`, `v/<name>`, f32; empty before the first step). A miner's
+    /// audit log keeps it every few steps so that a validator can replay the steps after it.
+    pub fn state_bytes(&self) -> Vec<u8> {
+        let mut flat = crate::merge::Flat::new();
+        for (name, m, v) in self.export() {
+            flat.insert(format!("m/{name}"), m);
+            flat.insert(format!("v/{name}"), v);
+        }
+        let mut out = OPTIM_MAGIC.to_vec();
+        out.extend_from_slice(&self.steps.to_le_bytes());
+        out.extend_from_slice(&crate::tensor_set::encode_flat(&flat, sliver_wire::WireCodec::F32));
+        out
+    }
+
+    /// Replaces the state with `bytes` from [`AdamW::state_bytes`] (perhaps a stranger's) for
+    /// `sliver`: the moments must be absent or name every parameter with its length, and be
+    /// finite.
+    pub fn load_state(&mut self, sliver: &mut Sliver, bytes: &[u8]) -> Result<(), EngineError> {
+        let bad = EngineError::Checkpoint;
+        if bytes.len() < OPTIM_MAGIC.len() + 8 || &bytes[..OPTIM_MAGIC.len()] != OPTIM_MAGIC {
+            return Err(bad("not an optimiser state".into()));
+        }
+        let (head, rest) = bytes.split_at(OPTIM_MAGIC.len() + 8);
+        let mut steps = [0u8; 8];
+        steps.copy_from_slice(&head[OPTIM_MAGIC.len()..]);
+        let steps = u64::from_le_bytes(steps);
+        if steps > i32::MAX as u64 {
+            return Err(bad(format!("{steps} optimiser steps")));
+        }
+        let params = sliver.params_mut();
+        let empty = crate::tensor_set::encode_flat(&Flat::new(), sliver_wire::WireCodec::F32);
+        let mut moments = BTreeMap::new();
+        if rest != empty.as_slice() {
+            let mut like = Flat::new();
+            for (name, p) in &params {
+                let n: usize = p.shape().iter().product();
+                like.insert(format!("m/{name}"), vec![0.0; n]);
+                like.insert(format!("v/{name}"), vec![0.0; n]);
+            }
+            let mut flat = crate::tensor_set::decode_flat(rest, &like)?;
+            for (name, p) in &params {
+                let device = p.flat().device();
+                let (Some(m), Some(v)) =
+                    (flat.remove(&format!("m/{name}")), flat.remove(&format!("v/{name}")))
+                else {
+                    return Err(bad(format!("no moments for {name}")));
+                };
+                if v.iter().any(|x| *x < 0.0) {
+                    return Err(bad(format!("a negative second moment for {name}")));
+                }
+                let t = |x: Vec<f32>| {
+                    let n = x.len();
+                    Tensor::<1>::from_data(burn::tensor::TensorData::new(x, [n]), &device)
+                };
+                moments.insert(name.clone(), (t(m), t(v)));
+            }
+        }
+        self.steps = steps;
+        self.moments = moments;
+        Ok(())
+    }
+
     /// The state as flat vectors `(name, m, v)`, for checkpoints.
     pub fn export(&self) -> Vec<(String, Vec<f32>, Vec<f32>)> {
         self.moments
@@ -140,6 +207,16 @@ impl LrSchedule {
         let ratio = (it - self.warmup_steps) as f64 / span;
         let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
         self.min_lr + coeff * (self.max_lr - self.min_lr)
+    }
+}
+
+/// The factor a miner's stage scales its sliver's gradient by before a step: `clip / norm` when
+/// the norm exceeds `clip` (> 0), else one. Validators replaying its steps use the same.
+pub fn clip_scale(norm: f64, clip: f64) -> f64 {
+    if clip > 0.0 && norm > clip {
+        clip / norm
+    } else {
+        1.0
     }
 }
 

@@ -253,6 +253,24 @@ impl SliverTrainer {
         self.optim.step(&mut self.sliver, &grads, lr, factor);
     }
 
+    /// Takes the accumulated gradients out, leaving none (a validator replays a micro-batch that
+    /// ran with older weights on a second trainer and moves its gradient over with
+    /// [`SliverTrainer::add_grads`]).
+    pub fn take_grads(&mut self) -> BTreeMap<String, Tensor<1>> {
+        std::mem::take(&mut self.grads)
+    }
+
+    /// Adds `grads` to the accumulated gradients exactly as a backward pass adds its own.
+    pub fn add_grads(&mut self, grads: BTreeMap<String, Tensor<1>>) {
+        for (name, g) in grads {
+            let sum = match self.grads.remove(&name) {
+                Some(acc) => acc + g,
+                None => g,
+            };
+            self.grads.insert(name, sum);
+        }
+    }
+
     /// Forgets the accumulated gradients, keeping the micro-batches that wait for theirs (a
     /// step that is skipped).
     pub fn discard_grads(&mut self) {

@@ -34,12 +34,17 @@ pub enum ControlRequest {
     /// A validator asks which micro-batches of an epoch a miner kept, with the frames it sent
     /// for each and their receipts (one page, in key order).
     AuditIndex(AuditIndexRequest),
+    /// A validator asks for a page of a miner's optimiser steps of an epoch.
+    AuditSteps(AuditStepsRequest),
+    /// A validator asks a miner to publish blobs of its audit log (weights and optimiser-state
+    /// snapshots) by hash, to fetch them with `Blob`.
+    AuditBlobs(AuditBlobsRequest),
     /// A miner tells its neighbours and replicas that it leaves or rejoins the pipeline.
     Presence(PresenceNotice),
 }
 
 /// Control responses.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ControlResponse {
     /// Answer to `Ping`.
     Pong {
@@ -69,6 +74,10 @@ pub enum ControlResponse {
     Audit(AuditAnswer),
     /// Answer to `AuditIndex`.
     AuditIndex(AuditIndexPage),
+    /// Answer to `AuditSteps`.
+    AuditSteps(AuditStepsPage),
+    /// Answer to `AuditBlobs`: the hashes asked for that are now published.
+    AuditBlobs(Vec<[u8; 32]>),
     /// The peer does not have what was asked for (an unknown blob, a micro-batch it no longer
     /// keeps).
     NotFound,
@@ -116,6 +125,13 @@ pub const MAX_AUDIT_FRAMES: usize = 64;
 pub const MAX_INDEX_ENTRIES: usize = 256;
 /// Most sent frames one index entry lists (a middle sliver sends two per micro-batch).
 pub const MAX_INDEX_SENT: usize = 4;
+
+/// Most step records one `AuditSteps` page lists.
+pub const MAX_STEP_ENTRIES: usize = 64;
+/// Most micro-batches one step record lists.
+pub const MAX_STEP_BATCHES: usize = 256;
+/// Most blobs one `AuditBlobs` request names.
+pub const MAX_AUDIT_BLOBS: usize = 4;
 
 /// What a node says about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,4 +237,60 @@ pub struct AuditedFrame {
     pub receipt: Option<Vec<u8>>,
     /// True if the payload is published as a blob under the hash named in the header.
     pub payload_published: bool,
+}
+
+/// Which page of a miner's optimiser steps a validator asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuditStepsRequest {
+    /// Training run.
+    pub run: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// Position of the first step record wanted, in the order the miner took them.
+    pub from: u32,
+}
+
+/// One page of a miner's step records, in the order it took the steps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditStepsPage {
+    /// At most [`MAX_STEP_ENTRIES`] records, starting at the request's `from`.
+    pub steps: Vec<StepEntry>,
+    /// True if more follow.
+    pub more: bool,
+}
+
+/// One optimiser step a miner took: which micro-batches' gradients it summed, in order, how it
+/// scaled them, and the weights before and after. Every few steps (and at the first step after
+/// a start) it also names the optimiser state it stepped from, so that a validator can replay
+/// the steps that follow from that snapshot and compare each result with `after`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepEntry {
+    /// BLAKE3 of the weights (`SLVF1`, f32) the step started from.
+    pub before: [u8; 32],
+    /// BLAKE3 of the weights after it (equal to `before` for a skipped step).
+    pub after: [u8; 32],
+    /// BLAKE3 of the optimiser state (`SLVO1`) it started from, at a snapshot; the miner
+    /// publishes it and the `before` weights on request (`AuditBlobs`).
+    pub optim: Option<[u8; 32]>,
+    /// The learning-rate schedule's step the learning rate was taken at.
+    pub schedule_step: u64,
+    /// The learning rate.
+    pub lr: f64,
+    /// The factor the summed gradient was scaled by (clipping).
+    pub factor: f64,
+    /// The summed gradient was not finite: no update was made.
+    pub skipped: bool,
+    /// The micro-batches whose gradients were summed, in the order they were added.
+    pub batches: Vec<AuditKey>,
+}
+
+/// Blobs a validator wants published from a miner's audit log of an epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuditBlobsRequest {
+    /// Training run.
+    pub run: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// At most [`MAX_AUDIT_BLOBS`] hashes.
+    pub hashes: Vec<[u8; 32]>,
 }

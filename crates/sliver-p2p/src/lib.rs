@@ -38,8 +38,9 @@ mod swarm;
 
 pub use admission::{AdmissionView, PeerRole};
 pub use control::{
-    AuditAnswer, AuditIndexPage, AuditIndexRequest, AuditKey, AuditRequest, AuditedFrame,
-    ControlRequest, ControlResponse, IndexEntry, NodeStatus, PeerRecord, PresenceNotice,
+    AuditAnswer, AuditBlobsRequest, AuditIndexPage, AuditIndexRequest, AuditKey, AuditRequest,
+    AuditStepsPage, AuditStepsRequest, AuditedFrame, ControlRequest, ControlResponse, IndexEntry,
+    NodeStatus, PeerRecord, PresenceNotice, StepEntry,
 };
 pub use frame::{Direction, FrameError, FrameHeader};
 pub use inbound::{FrameGate, Refusal};

@@ -198,12 +198,16 @@ pub struct Inbound {
 }
 
 /// What a validator's audit request asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuditAsk {
     /// The account of one micro-batch; answer with [`AuditQuery::respond`].
     MicroBatch(AuditRequest),
     /// A page of the index of an epoch; answer with [`AuditQuery::respond_index`].
     Index(AuditIndexRequest),
+    /// A page of the step records of an epoch; answer with [`AuditQuery::respond_steps`].
+    Steps(AuditStepsRequest),
+    /// Blobs of the audit log to publish; answer with [`AuditQuery::respond_blobs`].
+    Blobs(AuditBlobsRequest),
 }
 
 /// An audit request waiting for the application's answer. Dropping it unanswered tells the
@@ -255,6 +259,27 @@ impl AuditQuery {
             None => ControlResponse::NotFound,
         };
         self.send(response).await;
+    }
+
+    /// Sends a page of the step records (`None`: the epoch is not kept) to the asker.
+    pub async fn respond_steps(self, page: Option<AuditStepsPage>) {
+        let response = match page {
+            Some(mut p) => {
+                if p.steps.len() > MAX_STEP_ENTRIES {
+                    p.steps.truncate(MAX_STEP_ENTRIES);
+                    p.more = true;
+                }
+                ControlResponse::AuditSteps(p)
+            }
+            None => ControlResponse::NotFound,
+        };
+        self.send(response).await;
+    }
+
+    /// Tells the asker which of the blobs it named are published now.
+    pub async fn respond_blobs(self, mut published: Vec<[u8; 32]>) {
+        published.truncate(MAX_AUDIT_BLOBS);
+        self.send(ControlResponse::AuditBlobs(published)).await;
     }
 
     async fn send(mut self, response: ControlResponse) {
@@ -724,6 +749,51 @@ impl Client {
         }
     }
 
+    /// Asks `peer` (a miner) for a page of its step records of an epoch; `Ok(None)` if it
+    /// keeps nothing of that epoch. A page over the limits is an error.
+    pub async fn audit_steps(
+        &self,
+        peer: PeerId,
+        request: AuditStepsRequest,
+    ) -> Result<Option<AuditStepsPage>, P2pError> {
+        match self.request(peer, ControlRequest::AuditSteps(request)).await? {
+            ControlResponse::AuditSteps(p)
+                if p.steps.len() <= MAX_STEP_ENTRIES
+                    && p.steps.iter().all(|s| s.batches.len() <= MAX_STEP_BATCHES) =>
+            {
+                Ok(Some(p))
+            }
+            ControlResponse::NotFound => Ok(None),
+            other => Err(P2pError::Request {
+                peer,
+                reason: format!("unexpected answer {}", short(&other)),
+            }),
+        }
+    }
+
+    /// Asks `peer` (a miner) to publish blobs of its audit log of an epoch by hash (at most
+    /// [`MAX_AUDIT_BLOBS`]); returns those it published (fetch them with [`Client::fetch_blob`]).
+    pub async fn audit_blobs(
+        &self,
+        peer: PeerId,
+        request: AuditBlobsRequest,
+    ) -> Result<Vec<[u8; 32]>, P2pError> {
+        if request.hashes.len() > MAX_AUDIT_BLOBS {
+            return Err(P2pError::Request {
+                peer,
+                reason: format!("at most {MAX_AUDIT_BLOBS} blobs at once"),
+            });
+        }
+        let asked = request.hashes.clone();
+        match self.request(peer, ControlRequest::AuditBlobs(request)).await? {
+            ControlResponse::AuditBlobs(p) if p.iter().all(|h| asked.contains(h)) => Ok(p),
+            other => Err(P2pError::Request {
+                peer,
+                reason: format!("unexpected answer {}", short(&other)),
+            }),
+        }
+    }
+
     /// Tells `peer` that this node leaves or rejoins the pipeline; `Ok` once it took the notice.
     pub async fn announce(&self, peer: PeerId, notice: PresenceNotice) -> Result<(), P2pError> {
         match self.request(peer, ControlRequest::Presence(notice)).await? {
@@ -909,6 +979,8 @@ fn short(r: &ControlResponse) -> String {
         ControlResponse::BlobChunk { .. } => "BlobChunk".into(),
         ControlResponse::Audit(_) => "Audit".into(),
         ControlResponse::AuditIndex(p) => format!("AuditIndex({} entries)", p.entries.len()),
+        ControlResponse::AuditSteps(p) => format!("AuditSteps({} steps)", p.steps.len()),
+        ControlResponse::AuditBlobs(p) => format!("AuditBlobs({})", p.len()),
         ControlResponse::NotFound => "NotFound".into(),
         ControlResponse::Ack => "Ack".into(),
         ControlResponse::Error(e) => format!("Error({})", e.chars().take(200).collect::<String>()),

@@ -363,7 +363,10 @@ impl SwarmTask {
                     _ if !admission.admits(&peer) => {
                         ControlResponse::Error("not admitted: register on chain first".into())
                     }
-                    ControlRequest::Audit(_) | ControlRequest::AuditIndex(_)
+                    ControlRequest::Audit(_)
+                    | ControlRequest::AuditIndex(_)
+                    | ControlRequest::AuditSteps(_)
+                    | ControlRequest::AuditBlobs(_)
                         if !admission.is_validator(&peer) =>
                     {
                         self.metrics.requests_refused.inc();
@@ -378,6 +381,14 @@ impl SwarmTask {
                     }
                     ControlRequest::AuditIndex(request) => {
                         self.queue_audit(peer, AuditAsk::Index(request), channel);
+                        return;
+                    }
+                    ControlRequest::AuditSteps(request) => {
+                        self.queue_audit(peer, AuditAsk::Steps(request), channel);
+                        return;
+                    }
+                    ControlRequest::AuditBlobs(request) => {
+                        self.queue_audit(peer, AuditAsk::Blobs(request), channel);
                         return;
                     }
                     other => self.answer(peer, other),
@@ -451,9 +462,10 @@ impl SwarmTask {
                 Ok(()) => ControlResponse::Ack,
                 Err(e) => ControlResponse::Error(format!("notice not taken: {e}")),
             },
-            ControlRequest::Audit(_) | ControlRequest::AuditIndex(_) => {
-                ControlResponse::Error("audits are queued".into())
-            }
+            ControlRequest::Audit(_)
+            | ControlRequest::AuditIndex(_)
+            | ControlRequest::AuditSteps(_)
+            | ControlRequest::AuditBlobs(_) => ControlResponse::Error("audits are queued".into()),
         }
     }
 }

@@ -153,6 +153,7 @@ fn stage_config(route: u64) -> StageConfig {
         lr: schedule(),
         clip: 1.0,
         grad_timeout: Duration::from_secs(30),
+        audit_every: 8,
     }
 }
 

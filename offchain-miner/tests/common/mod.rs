@@ -39,6 +39,7 @@ pub fn stage_config() -> StageConfig {
         lr: LrSchedule { max_lr: 3e-3, min_lr: 3e-4, warmup_steps: 5, decay_steps: 200 },
         clip: 1.0,
         grad_timeout: Duration::from_secs(3),
+        audit_every: 8,
     }
 }
 

@@ -42,6 +42,14 @@ fn shape() -> RunShape {
         micro_batches: 3,
         batch: 4,
         seq: 64,
+        lr: sliver_engine::optim::LrSchedule {
+            max_lr: 6e-4,
+            min_lr: 6e-5,
+            warmup_steps: 10,
+            decay_steps: 5000,
+        },
+        clip: 1.0,
+        adamw: sliver_engine::optim::AdamWConfig::default(),
     }
 }
 
