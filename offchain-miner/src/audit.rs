@@ -3,16 +3,19 @@
 //!
 //! Per micro-batch (keyed by route, step and index, as the frames name it) the log keeps every
 //! frame the miner received and sent: the encoded header (its BLAKE3 is what receipts sign), the
-//! receipt its neighbour signed for each frame it sent, and the payload. Per optimiser step it
-//! keeps one snapshot of the sliver's weights (f32, the `SLVF1` format of [`crate::merge`]),
-//! taken before the step's first forward; each micro-batch names the snapshot its forward ran
-//! with. With the snapshot, the inputs (tokens rebuilt by deterministic sampling on the first
-//! sliver, the received activation otherwise) and, for the backward, the received gradient, a
-//! validator recomputes the sliver's outputs and compares them with the payload hashes in the
-//! headers the neighbours signed for.
+//! receipt its neighbour signed for each frame it sent, and the payload; each micro-batch names
+//! the hash of the weights (f32, the `SLVF1` format of [`crate::merge`]) its forward ran with.
+//! Per optimiser step it keeps a [`StepEntry`]: the micro-batches summed, in order, the
+//! learning rate and clip factor, the weights' hashes before and after. Every few steps (see
+//! [`crate::stage`]) it keeps the weights and the optimiser state (`SLVO1`) themselves. From
+//! such a snapshot, the inputs (tokens rebuilt by deterministic sampling on the first sliver,
+//! the received activation otherwise) and the received gradients, a validator replays the
+//! steps after it and compares every output with the payload hashes in the headers the
+//! neighbours signed for, and every step's result with the hash recorded.
 //!
 //! On disk: one append-only file per epoch, `epoch-<n>.log` under `<data dir>/audit/run-<id>/`,
-//! starting with `SLVA1`, then entries `[b'W'][len u32][weights]` and
+//! starting with `SLVA1`, then entries `[b'W'][len u32][blob]` (weights or optimiser state),
+//! `[b'T'][len u32][step record]` and
 //! `[b'F'][has weights u8][weights hash 32?][header len u16][header][receipt len u16][receipt]
 //! [payload len u32][payload]` (little-endian). The index lives in memory and is rebuilt from the
 //! files when the miner restarts, by streaming each file (headers and receipts are read,
@@ -31,10 +34,9 @@
 //! stays auditable.
 //!
 //! The log stops growing at its disk budget (a warning says so once per epoch); micro-batches
-//! not recorded are answered "not kept", which a validator counts against the miner. A
-//! snapshot per step costs the sliver's size in f32 per step (1.7 MB for a sliver of the dev
-//! run's model): for large slivers the budget, not the epoch, bounds what is auditable. See
-//! docs/miner.md.
+//! not recorded are answered "not kept" and earn nothing. A snapshot costs three times the
+//! sliver's size in f32 (5.2 MB for a sliver of the dev run's model) once per segment of
+//! steps. See docs/miner.md.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};

@@ -11,9 +11,9 @@
 //! - The **last** sliver rebuilds the targets from the same key (every miner holds the dataset,
 //!   so no tokens cross the network), computes the loss and sends the gradient back at once.
 //!
-//! With an [`AuditLog`] attached, every frame received and sent (with its receipt) and a
-//! weights snapshot per optimiser step are recorded, so validators can recompute any
-//! micro-batch.
+//! With an [`AuditLog`] attached, every frame received and sent (with its receipt), a record
+//! of every optimiser step and, every `audit_every` steps, a snapshot of the weights and the
+//! optimiser state are recorded, so validators can replay any segment of steps.
 //!
 //! Frames name the sender's sliver, the route (the data replica of the first sliver's miner),
 //! the step and the micro-batch. The stage's [`StageGate`] is the transport's frame gate: a
