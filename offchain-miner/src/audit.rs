@@ -352,7 +352,7 @@ impl AuditLog {
     pub fn answer(&self, req: &AuditRequest) -> std::io::Result<Option<Found>> {
         // What to read, taken under the lock; the reads happen without it, so that training
         // (which records under the same lock) does not wait for the disk.
-        let (file, weights, span, frames) = {
+        let (file, weights, frames) = {
             let Ok(inner) = self.inner.lock() else { return Ok(None) };
             if req.run != inner.run {
                 return Ok(None);
@@ -362,16 +362,13 @@ impl AuditLog {
                 return Ok(None);
             };
             let Some(weights) = record.weights else { return Ok(None) };
-            let span = log.weights.get(&weights).copied();
             let frames: Vec<FrameEntry> =
                 record.frames.iter().take(sliver_p2p::control::MAX_AUDIT_FRAMES).cloned().collect();
-            (log.file.try_clone()?, weights, span, frames)
+            (log.file.try_clone()?, weights, frames)
         };
-        // The weights are served when they were kept (every few steps: see `crate::stage`).
+        // The weights are named, not served: kept snapshots are asked for by hash
+        // (`AuditBlobs`).
         let mut blobs = Vec::new();
-        if let Some(span) = span {
-            blobs.push(read(&file, span)?);
-        }
         let mut answered = Vec::new();
         for f in frames {
             blobs.push(read(&file, f.payload)?);
@@ -866,7 +863,7 @@ mod tests {
         assert_eq!(found.answer.frames[0].header, h0.encode());
         assert_eq!(found.answer.frames[0].receipt.as_deref(), Some(&b"receipt"[..]));
         assert_eq!(found.answer.frames[1].receipt, None);
-        assert_eq!(found.blobs, vec![b"weights of step 0".to_vec(), p0.clone(), p1.clone()]);
+        assert_eq!(found.blobs, vec![p0.clone(), p1.clone()], "the payloads; weights by hash");
         assert!(log.answer(&req(3, 0, 1)).unwrap().is_none(), "never recorded");
         assert!(log.answer(&AuditRequest { run: 8, ..req(3, 0, 0) }).unwrap().is_none());
 

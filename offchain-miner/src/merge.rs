@@ -32,9 +32,6 @@ use tokio::sync::watch;
 use crate::presence::Presence;
 use crate::training::Training;
 
-/// Names of the outer optimiser's momentum in a published state.
-const VELOCITY: &str = "outer.velocity/";
-
 /// Why a tensor set from a peer was refused, or a merge step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
@@ -77,47 +74,7 @@ impl From<sliver_engine::EngineError> for MergeError {
 /// A pseudo-gradient as published: its blob's hash and the values replicas decode from it.
 pub type Delta = ([u8; 32], Flat);
 
-/// The merged state of a sliver: weights and the outer optimiser's momentum.
-#[derive(Clone, Debug, PartialEq)]
-pub struct State {
-    /// The replicas' shared start weights.
-    pub weights: Flat,
-    /// The outer optimiser's momentum.
-    pub velocity: Flat,
-}
-
-impl State {
-    /// As one tensor set (momentum under `outer.velocity/<name>`).
-    pub fn to_flat(&self) -> Flat {
-        let mut out = self.weights.clone();
-        for (k, v) in &self.velocity {
-            out.insert(format!("{VELOCITY}{k}"), v.clone());
-        }
-        out
-    }
-
-    /// Back from [`State::to_flat`]'s set.
-    pub fn from_flat(mut flat: Flat) -> Self {
-        let names: Vec<String> = flat.keys().filter(|k| k.starts_with(VELOCITY)).cloned().collect();
-        let mut velocity = Flat::new();
-        for n in names {
-            if let Some(v) = flat.remove(&n) {
-                velocity.insert(n[VELOCITY.len()..].to_string(), v);
-            }
-        }
-        State { weights: flat, velocity }
-    }
-
-    /// The encoding whose hash is committed on chain (f32: bitwise what the replicas hold).
-    pub fn encode(&self) -> Vec<u8> {
-        encode_flat(&self.to_flat(), WireCodec::F32)
-    }
-
-    /// A set shaped like the state of weights `like` (for decoding a peer's).
-    pub fn like(weights: &Flat) -> Flat {
-        State { weights: weights.clone(), velocity: weights.clone() }.to_flat()
-    }
-}
+pub use sliver_engine::merge::State;
 
 /// The blob name of the merged state of `sliver` at the end of `epoch`.
 pub fn weights_name(sliver: u16, epoch: u64) -> String {

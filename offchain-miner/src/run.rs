@@ -253,7 +253,11 @@ fn stage_config(run: &RunInfo, cfg: &MinerConfig, codec: WireCodec, epoch: u64) 
         lr: sliver_audit::shape::schedule_of(run),
         clip: hyper.grad_clip_micro as f64 / 1e6,
         grad_timeout: Duration::from_secs(cfg.grad_timeout_secs.max(1)),
-        audit_every: cfg.audit_snapshot_steps.max(1),
+        // A segment of steps must fit what a validator replays whole (its work counts only
+        // then): at most 256 micro-batches.
+        audit_every: cfg
+            .audit_snapshot_steps
+            .clamp(1, (sliver_p2p::control::MAX_STEP_BATCHES as u64 / micro_batches).max(1)),
     }
 }
 

@@ -156,6 +156,9 @@ pub struct Stage {
     epoch_steps: u64,
     /// The micro-batches whose gradients the step being accumulated holds, in the order added.
     accumulated: Vec<Key>,
+    /// Every micro-batch summed into a step this epoch (none is summed twice: two miners of the
+    /// previous sliver could send the same key).
+    summed: HashSet<Key>,
     /// The next-sliver miner a forward could not be delivered to (middle slivers).
     unreachable: Option<PeerId>,
     /// What the transport lets through to this stage.
@@ -211,6 +214,7 @@ impl Stage {
             snapshot: None,
             epoch_steps: 0,
             accumulated: Vec::new(),
+            summed: HashSet::new(),
             unreachable: None,
             gate,
             step_peers: HashSet::new(),
@@ -315,6 +319,7 @@ impl Stage {
         self.snapshot = None;
         self.epoch_steps = 0;
         self.accumulated.clear();
+        self.summed.clear();
         self.begin_audit_epoch();
     }
 
@@ -643,6 +648,10 @@ impl Stage {
                     }
                 };
                 if self.trainer.spec.is_last() {
+                    if !self.summed.insert(key) {
+                        self.refuse(&frame, "a micro-batch already summed this epoch");
+                        return Ok(None);
+                    }
                     let data_key =
                         BatchKey { replica: h.route, ..self.key_of(h.step, h.micro_batch) };
                     let mb = self.data.micro_batch(Split::Train, data_key, batch, seq)?;

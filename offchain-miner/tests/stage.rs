@@ -121,13 +121,8 @@ async fn a_neighbour_that_vanishes_costs_micro_batches_not_a_hang() {
 /// snapshot and payloads the audit names, checks the receipts, recomputes each sliver's output
 /// and finds the payload hashes the neighbours signed for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audits_let_a_validator_recompute_a_micro_batch() {
-    use sliver_engine::codec::{decode_tensor, encode_tensor};
-    use sliver_engine::data::{BatchKey, Split};
-    use sliver_engine::merge::{export_flat, import_flat};
-    use sliver_engine::SliverInput;
+async fn audits_let_a_validator_replay_the_steps() {
     use sliver_miner::audit::{self, AuditLog};
-    use sliver_miner::merge::decode_flat;
     use sliver_miner::telemetry::{StatusLine, Telemetry};
     use sliver_p2p::{AuditRequest, Direction, FrameHeader, Reply};
 
@@ -211,44 +206,83 @@ async fn audits_let_a_validator_recompute_a_micro_batch() {
     );
     assert!(ans0.frames[1].receipt.is_none() && ans1.frames[0].receipt.is_none());
 
-    // Recompute the first sliver's forward from its snapshot and the deterministic tokens.
+    // Each sliver's three steps form one segment (a snapshot every 8 steps): a validator
+    // fetches its step records, the snapshot, every summed micro-batch's account and received
+    // payloads over the network, and replays the steps bit for bit.
     let cfg = stage_config();
-    let mut replay0 = trainer(0);
-    let like = export_flat(&mut replay0.sliver);
-    let w0 = v.fetch_blob(c0.peer_id(), ans0.weights, 1 << 24).await.unwrap();
-    import_flat(&mut replay0.sliver, &decode_flat(&w0, &like).unwrap()).unwrap();
-    assert_ne!(export_flat(&mut replay0.sliver), like, "a snapshot after two steps");
-    let key = BatchKey { run: 1, epoch: 3, replica: 0, step: 2, index: 1 };
-    let mb = data.micro_batch(Split::Train, key, cfg.batch, cfg.seq).unwrap();
-    let tokens = replay0.tokens(&mb.inputs, cfg.batch, cfg.seq).unwrap();
-    let out = replay0.forward(0, SliverInput::Tokens(tokens)).unwrap();
-    let sent = encode_tensor(cfg.codec, &out);
-    assert_eq!(*blake3::hash(&sent).as_bytes(), h0[0].payload_hash, "the forward replays bitwise");
-    // Another step's snapshot does not reproduce it.
-    let other =
-        v.audit(c0.peer_id(), AuditRequest { step: 0, ..req }).await.unwrap().expect("step 0 kept");
-    assert_ne!(other.weights, ans0.weights);
-
-    // Recompute the last sliver's loss gradient from its snapshot and the received activation.
-    let mut replay1 = trainer(1);
-    let like = export_flat(&mut replay1.sliver);
-    let w1 = v.fetch_blob(c1.peer_id(), ans1.weights, 1 << 24).await.unwrap();
-    import_flat(&mut replay1.sliver, &decode_flat(&w1, &like).unwrap()).unwrap();
-    let x_bytes = v.fetch_blob(c1.peer_id(), h1[0].payload_hash, 1 << 24).await.unwrap();
-    let x =
-        decode_tensor(&x_bytes, [cfg.batch, cfg.seq, model().d_model], replay1.device()).unwrap();
-    let targets = replay1.tokens(&mb.targets, cfg.batch, cfg.seq).unwrap();
-    let scale = 1.0 / cfg.micro_batches as f32;
-    let (_loss, grad) =
-        replay1.forward_backward_last(SliverInput::Hidden(x), targets, scale).unwrap();
-    let grad = encode_tensor(cfg.codec, &grad.unwrap());
-    assert_eq!(*blake3::hash(&grad).as_bytes(), h1[1].payload_hash, "the backward replays bitwise");
+    let model = model();
+    let shape = sliver_audit::RunShape {
+        run: 1,
+        specs: SliverSpec::split(model.n_layer, 2).unwrap(),
+        model,
+        micro_batches: cfg.micro_batches,
+        batch: cfg.batch,
+        seq: cfg.seq,
+        lr: cfg.lr.clone(),
+        clip: cfg.clip,
+        adamw: AdamWConfig::default(),
+    };
+    let mut replayer = sliver_audit::Replayer::new(shape, data.clone());
+    for (sliver, c) in [(0u16, &c0), (1, &c1)] {
+        let ask = sliver_p2p::AuditStepsRequest { run: 1, epoch: 3, from: 0 };
+        let page = v.audit_steps(c.peer_id(), ask).await.unwrap().expect("steps kept");
+        assert_eq!(page.steps.len(), 3, "three steps recorded");
+        assert!(page.steps[0].optim.is_some() && page.steps[1].optim.is_none());
+        let first = &page.steps[0];
+        let hashes = vec![first.before, first.optim.unwrap()];
+        let blobs = sliver_p2p::AuditBlobsRequest { run: 1, epoch: 3, hashes: hashes.clone() };
+        assert_eq!(v.audit_blobs(c.peer_id(), blobs).await.unwrap(), hashes);
+        let weights = v.fetch_blob(c.peer_id(), first.before, 1 << 24).await.unwrap();
+        let optim = v.fetch_blob(c.peer_id(), first.optim.unwrap(), 1 << 25).await.unwrap();
+        let mut batches = std::collections::HashMap::new();
+        for key in page.steps.iter().flat_map(|s| &s.batches) {
+            let req = AuditRequest {
+                run: 1,
+                epoch: 3,
+                route: key.route,
+                step: key.step,
+                micro_batch: key.micro_batch,
+            };
+            let answer = v.audit(c.peer_id(), req).await.unwrap().expect("kept");
+            let mut payloads = std::collections::HashMap::new();
+            let mut listed = Vec::new();
+            for f in &answer.frames {
+                let h = FrameHeader::decode(&f.header).unwrap();
+                if f.receipt.is_some() {
+                    listed.push(f.header.clone());
+                } else {
+                    let p = v.fetch_blob(c.peer_id(), h.payload_hash, 1 << 24).await.unwrap();
+                    payloads.insert(h.payload_hash, p);
+                }
+            }
+            batches.insert(*key, sliver_audit::BatchAccount { answer, listed, payloads });
+        }
+        let ev = sliver_audit::SegmentEvidence {
+            steps: page.steps.clone(),
+            weights,
+            optim,
+            older: Default::default(),
+            batches,
+        };
+        match replayer.check_segment(3, sliver, &ev) {
+            sliver_audit::SegmentOutcome::Pass { checked, .. } => assert_eq!(checked, 6),
+            o => panic!("sliver {sliver}'s honest steps: {o:?}"),
+        }
+        // Another step's weights do not reproduce its outputs.
+        let mut bad = ev.clone();
+        bad.steps[1].after = bad.steps[2].after;
+        assert!(matches!(
+            replayer.check_segment(3, sliver, &bad),
+            sliver_audit::SegmentOutcome::Fail(_)
+        ));
+    }
 
     // What was never trained is not kept, and says so.
     let none = AuditRequest { step: 40, ..req };
     assert!(v.audit(c0.peer_id(), none).await.unwrap().is_none());
     let f = tele[0].figures().await;
-    assert_eq!((f.audits_answered, f.audits_missed, f.audits_pending), (2, 1, 0));
+    // The first sliver answered one account above and six for its segment.
+    assert_eq!((f.audits_answered, f.audits_missed, f.audits_pending), (7, 1, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -15,7 +15,7 @@
 //! one, when the scores must be committed): an audit asked and not answered by then fails;
 //! transient refusals (a miner busy with other validators) are retried until then.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,9 +45,9 @@ const INDEX_WINDOW: Duration = Duration::from_secs(4);
 const ATTEMPT_WINDOW: Duration = Duration::from_secs(4);
 /// Step-record pages read per miner at most (64 records each).
 const MAX_STEP_PAGES: u32 = 64;
-/// Micro-batches replayed per miner and epoch at most (whole segments: the first segment is
-/// always replayed).
-const MAX_SAMPLES: u64 = 256;
+/// Micro-batches replayed per miner and epoch at most, and the most a segment may hold for its
+/// work to count (a miner's `audit_snapshot_steps` times the micro-batches per step).
+pub const MAX_SAMPLES: u64 = 256;
 /// Frames one micro-batch's account may hold (received and sent, activation and gradient).
 const MAX_ANSWER_FRAMES: usize = 4;
 
@@ -63,7 +63,7 @@ pub struct Target {
 }
 
 /// One epoch's audit.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Plan {
     /// The audited epoch.
     pub epoch: u64,
@@ -71,6 +71,34 @@ pub struct Plan {
     pub seed: [u8; 32],
     /// Every miner assigned in it.
     pub targets: Vec<Target>,
+    /// By sliver: the commitments its miners of the epoch before published in the audited
+    /// epoch (their merged states, which the audited epoch's training started from).
+    pub committed: BTreeMap<u16, CommittedSliver>,
+    /// By uid: the weights a miner's audited steps of the epoch before began and ended with
+    /// (from this validator's audit of it), which it may keep when it merged nothing.
+    pub remembered: HashMap<Uid, Vec<[u8; 32]>>,
+}
+
+/// The merged states a sliver's miners of an epoch committed.
+#[derive(Clone, Debug, Default)]
+pub struct CommittedSliver {
+    /// Miners the chain assigned to the sliver in that epoch.
+    pub replicas: usize,
+    /// What they committed.
+    pub states: Vec<Committed>,
+}
+
+/// A merged state a miner committed on chain.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    /// The miner.
+    pub uid: Uid,
+    /// Its PeerId (it serves the state).
+    pub peer: PeerId,
+    /// BLAKE3 of the state (`SLVF1`, f32: weights and outer momentum).
+    pub hash: [u8; 32],
+    /// Its committed size.
+    pub size: u64,
 }
 
 /// Set once the scores must go on chain; audits still open then fail.
@@ -110,6 +138,7 @@ struct Job {
 pub struct ReplayHandle {
     jobs: mpsc::Sender<Job>,
     snapshot_len: Arc<Vec<u64>>,
+    likes: Arc<Vec<sliver_engine::merge::Flat>>,
 }
 
 impl ReplayHandle {
@@ -118,6 +147,8 @@ impl ReplayHandle {
         let snapshot_len = (0..replayer.shape().slivers())
             .map(|s| replayer.snapshot_len(s))
             .collect::<Result<Vec<_>, _>>()?;
+        let likes =
+            (0..replayer.shape().slivers()).map(|s| replayer.like(s)).collect::<Result<_, _>>()?;
         let (jobs, mut rx) = mpsc::channel::<Job>(64);
         std::thread::Builder::new()
             .name("replay".into())
@@ -145,7 +176,7 @@ impl ReplayHandle {
                 }
             })
             .map_err(|e| format!("cannot start the replay thread: {e}"))?;
-        Ok(ReplayHandle { jobs, snapshot_len: Arc::new(snapshot_len) })
+        Ok(ReplayHandle { jobs, snapshot_len: Arc::new(snapshot_len), likes: Arc::new(likes) })
     }
 
     async fn check(
@@ -198,8 +229,9 @@ impl Auditor {
                 Ok(r) => r,
                 Err(_) => Err(Missing::Late),
             }
-        }))
-        .await;
+        }));
+        let (indexes, starts) = futures::join!(indexes, self.committed_weights(plan));
+        let starts = Arc::new(starts);
         let mut sent: SentMap = HashMap::new();
         let mut indexed: HashSet<PeerId> = HashSet::new();
         for (t, ix) in plan.targets.iter().zip(&indexes) {
@@ -214,7 +246,7 @@ impl Auditor {
         let sent = Arc::new(sent);
         let indexed = Arc::new(indexed);
         let audits = plan.targets.iter().zip(indexes).map(|(t, ix)| {
-            let (sent, indexed) = (sent.clone(), indexed.clone());
+            let (sent, indexed, starts) = (sent.clone(), indexed.clone(), starts.clone());
             async move {
                 let mut a = MinerAudit { uid: t.uid, sliver: t.hood.sliver, ..Default::default() };
                 match ix {
@@ -222,13 +254,75 @@ impl Auditor {
                     Err(Missing::Nothing) => {}
                     Err(Missing::Fault(why)) => a.fail(why),
                     Ok(ix) => {
-                        self.replays(plan, t, &ix, &sent, &indexed, deadline, &mut a).await;
+                        a.first_weights =
+                            ix.steps.iter().find(|s| s.optim.is_some()).map(|s| s.before);
+                        a.last_weights = ix.steps.last().map(|s| s.after);
+                        match start_fault(plan, t, &ix.steps, &starts) {
+                            Some(why) => {
+                                a.work = ix.report.verified.len() as u64;
+                                a.fail(why);
+                                self.metrics.failed.inc();
+                            }
+                            None => {
+                                self.replays(plan, t, &ix, &sent, &indexed, deadline, &mut a).await
+                            }
+                        }
                     }
                 }
                 a
             }
         });
         join_all(audits).await
+    }
+
+    /// The weights of every state committed in `plan`, by the state's hash: fetched from its
+    /// committers (4 s per state, all at once), checked against the hash and the model's
+    /// shapes. A state no committer serves in time is left out (its miners' start is not
+    /// checked this epoch).
+    async fn committed_weights(&self, plan: &Plan) -> HashMap<[u8; 32], [u8; 32]> {
+        let mut wanted: BTreeMap<[u8; 32], (u16, u64, Vec<PeerId>)> = BTreeMap::new();
+        for (sliver, list) in &plan.committed {
+            for c in &list.states {
+                let e = wanted.entry(c.hash).or_insert((*sliver, c.size, Vec::new()));
+                e.2.push(c.peer);
+            }
+        }
+        let fetched =
+            join_all(wanted.into_iter().map(|(hash, (sliver, size, holders))| async move {
+                let like = self.replay.likes.get(sliver as usize)?;
+                let like = sliver_engine::merge::State::like(like);
+                if size
+                    != sliver_engine::tensor_set::encoded_len(&like, sliver_wire::WireCodec::F32)
+                {
+                    return None;
+                }
+                let fetch = async {
+                    for peer in holders {
+                        match self.client.fetch_blob(peer, hash, size).await {
+                            Ok(bytes) => return Some(bytes),
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "committed state not served")
+                            }
+                        }
+                    }
+                    None
+                };
+                let bytes = tokio::time::timeout(INDEX_WINDOW, fetch).await.ok()??;
+                let weights = tokio::task::spawn_blocking(move || {
+                    let flat = sliver_engine::tensor_set::decode_flat(&bytes, &like).ok()?;
+                    let state = sliver_engine::merge::State::from_flat(flat);
+                    let w = sliver_engine::tensor_set::encode_flat(
+                        &state.weights,
+                        sliver_wire::WireCodec::F32,
+                    );
+                    Some(*blake3::hash(&w).as_bytes())
+                })
+                .await
+                .ok()??;
+                Some((hash, weights))
+            }))
+            .await;
+        fetched.into_iter().flatten().collect()
     }
 
     /// The miner's whole index of the audited epoch, checked.
@@ -309,24 +403,43 @@ impl Auditor {
                 return;
             }
         };
-        // Work: receipted micro-batches that went into a step.
-        let stepped: HashSet<AuditKey> =
-            segments.iter().flatten().flat_map(|s| s.batches.iter().copied()).collect();
-        let verified: Vec<AuditKey> =
+        let indexed_key = |k: &AuditKey| ix.entries.binary_search_by(|e| e.key.cmp(k)).is_ok();
+        // Only segments a validator can replay whole hold work: at most MAX_SAMPLES
+        // micro-batches, each in the index (so no miner can exempt steps from replay by
+        // making them too long or leaving a key out).
+        let size_of = |seg: &[StepEntry]| seg.iter().map(|s| s.batches.len() as u64).sum::<u64>();
+        let eligible: Vec<usize> = (0..segments.len())
+            .filter(|&i| {
+                let seg = &segments[i];
+                size_of(seg) <= MAX_SAMPLES && seg.iter().flat_map(|s| &s.batches).all(indexed_key)
+            })
+            .collect();
+        // Work: receipted micro-batches that went into a step of such a segment.
+        let stepped: HashSet<AuditKey> = eligible
+            .iter()
+            .flat_map(|&i| segments[i].iter().flat_map(|s| s.batches.iter().copied()))
+            .collect();
+        let verified: HashSet<AuditKey> =
             ix.report.verified.iter().copied().filter(|k| stepped.contains(k)).collect();
         a.work = verified.len() as u64;
         if verified.is_empty() {
             return;
         }
         // Segments are sampled by their first micro-batch; only those holding work count.
-        let worked: HashSet<AuditKey> = verified.iter().copied().collect();
-        let ids: Vec<AuditKey> = segments
+        let first_of =
+            |i: usize| segments[i].iter().flat_map(|s| s.batches.first()).next().copied();
+        let ids: Vec<AuditKey> = eligible
             .iter()
-            .filter(|seg| seg.iter().flat_map(|s| &s.batches).any(|k| worked.contains(k)))
-            .filter_map(|seg| seg.iter().flat_map(|s| s.batches.first()).next().copied())
+            .filter(|&&i| segments[i].iter().flat_map(|s| &s.batches).any(|k| verified.contains(k)))
+            .filter_map(|&i| first_of(i))
             .collect();
-        let chosen: HashSet<AuditKey> =
-            sample(&self.secret, &plan.seed, t.uid, &ids, self.rate).into_iter().collect();
+        let mut chosen = sample(&self.secret, &plan.seed, t.uid, &ids, self.rate);
+        // Replayed in the order of their draws, which the miner cannot know, so that the
+        // segments the per-miner budget leaves out are not the ones it would choose.
+        chosen.sort_by(|x, y| {
+            let d = |k| sliver_audit::sample::draw(&self.secret, &plan.seed, t.uid, k);
+            d(x).total_cmp(&d(y))
+        });
         let listed_of = |key: &AuditKey| -> Vec<Vec<u8>> {
             ix.entries
                 .binary_search_by(|e| e.key.cmp(key))
@@ -334,13 +447,15 @@ impl Auditor {
                 .map(|i| ix.entries[i].sent.iter().map(|f| f.header.clone()).collect())
                 .unwrap_or_default()
         };
+        // Weights a middle sliver's micro-batch may have run with: a recorded step's start.
+        let befores: HashSet<[u8; 32]> = ix.steps.iter().map(|s| s.before).collect();
         let mut replayed = 0u64;
-        for (i, seg) in segments.iter().enumerate() {
-            let Some(id) = seg.iter().flat_map(|s| s.batches.first()).next() else { continue };
-            if !chosen.contains(id) {
+        for id in chosen {
+            let Some(i) = eligible.iter().copied().find(|&i| first_of(i) == Some(id)) else {
                 continue;
-            }
-            let size: u64 = seg.iter().map(|s| s.batches.len() as u64).sum();
+            };
+            let seg = &segments[i];
+            let size = size_of(seg);
             if replayed > 0 && replayed + size > MAX_SAMPLES {
                 continue;
             }
@@ -350,7 +465,7 @@ impl Auditor {
             }
             let Ok(_slot) = self.slots.acquire().await else { return };
             replayed += size;
-            let evidence = match self.segment(plan, t, seg, &listed_of, deadline).await {
+            let evidence = match self.segment(plan, t, seg, &listed_of, &befores, deadline).await {
                 Ok(e) => e,
                 Err(Missing::Late | Missing::Nothing) => {
                     a.unanswered += 1;
@@ -364,10 +479,12 @@ impl Auditor {
                     continue;
                 }
             };
-            let Some((outcome, took)) =
-                self.replay.check(plan.epoch, t.hood.sliver, evidence).await
-            else {
-                // The replay itself failed (logged): not the miner's fault, not counted.
+            let check = self.replay.check(plan.epoch, t.hood.sliver, evidence);
+            let Some(Some((outcome, took))) = deadline.run(check).await else {
+                // The replay itself failed (logged), or the deadline came first: not counted
+                // either way, and neither is the work in it.
+                let left_out = seg.iter().flat_map(|s| &s.batches).filter(|k| verified.contains(k));
+                a.work = a.work.saturating_sub(left_out.count() as u64);
                 continue;
             };
             self.metrics.replay_seconds.observe(took.as_secs_f64());
@@ -413,8 +530,10 @@ impl Auditor {
         t: &Target,
         seg: &[StepEntry],
         listed_of: &impl Fn(&AuditKey) -> Vec<Vec<u8>>,
+        befores: &HashSet<[u8; 32]>,
         deadline: &Deadline,
     ) -> Result<SegmentEvidence, Missing> {
+        let middle = t.hood.sliver > 0 && t.hood.sliver + 1 < self.shape.slivers();
         let peer = t.hood.miner;
         let first = seg.first().ok_or(Missing::Nothing)?;
         let optim_hash = first.optim.ok_or(Missing::Nothing)?;
@@ -431,12 +550,21 @@ impl Auditor {
         if !published.contains(&first.before) || !published.contains(&optim_hash) {
             return Err(Missing::Fault("the snapshot its steps name is not kept".into()));
         }
-        let weights =
-            self.retry(deadline, || self.client.fetch_blob(peer, first.before, len)).await?;
+        // Each attempt asks for the blob to be published again (another validator's requests
+        // may have evicted it from the miner's audit store).
+        let fetch = |hash: [u8; 32], max: u64| {
+            let (client, ask) = (self.client.clone(), blobs(vec![hash]));
+            move || {
+                let (client, ask) = (client.clone(), ask.clone());
+                async move {
+                    ask().await?;
+                    client.fetch_blob(peer, hash, max).await
+                }
+            }
+        };
+        let weights = self.retry(deadline, fetch(first.before, len)).await?;
         // Two moments per weight, and their names.
-        let optim = self
-            .retry(deadline, || self.client.fetch_blob(peer, optim_hash, 2 * len + (16 << 10)))
-            .await?;
+        let optim = self.retry(deadline, fetch(optim_hash, 2 * len + (16 << 10))).await?;
         let mut batches = HashMap::new();
         let mut older: HashMap<[u8; 32], Vec<u8>> = HashMap::new();
         for step in seg {
@@ -459,12 +587,13 @@ impl Auditor {
                 let listed = listed_of(key);
                 precheck(self.run, plan.epoch, key, &listed, &answer)
                     .map_err(|why| Missing::Fault(format!("{key:?}: {why}")))?;
-                if answer.weights != step.before && !older.contains_key(&answer.weights) {
-                    let w = answer.weights;
+                // Only a middle sliver runs micro-batches with older weights, and only with
+                // weights a recorded step started from (anything else fails the replay).
+                let w = answer.weights;
+                if middle && w != step.before && befores.contains(&w) && !older.contains_key(&w) {
                     let published = self.retry(deadline, blobs(vec![w])).await?;
                     if published.contains(&w) {
-                        let b =
-                            self.retry(deadline, || self.client.fetch_blob(peer, w, len)).await?;
+                        let b = self.retry(deadline, fetch(w, len)).await?;
                         older.insert(w, b);
                     }
                 }
@@ -622,11 +751,64 @@ fn segments_of(steps: &[StepEntry]) -> Result<Vec<Vec<StepEntry>>, String> {
                 }
                 out.push(vec![s.clone()]);
             }
-            (None, Some(seg)) => seg.push(s.clone()),
-            (None, None) => {}
+            // A gap (a step not recorded) ends the segment: the steps up to the next snapshot
+            // cannot be replayed, and their work does not count.
+            (None, Some(seg)) if seg.last().is_some_and(|p| p.after == s.before) => {
+                seg.push(s.clone())
+            }
+            (None, _) => {
+                if out.last().is_some_and(|seg| !seg.is_empty()) {
+                    out.push(Vec::new());
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// Whether the miner's epoch started from the weights it may start from: the state it
+/// committed for the epoch before (if it merged in the same sliver); else, when a strict
+/// majority of its sliver's replicas committed one state (which a miner that did not merge
+/// takes), a state they committed or the weights its own steps of the epoch before began or
+/// ended with. `None` when it holds, or when there is nothing to check against: no majority
+/// (a miner without one keeps its weights), or a state not served.
+fn start_fault(
+    plan: &Plan,
+    t: &Target,
+    steps: &[StepEntry],
+    starts: &HashMap<[u8; 32], [u8; 32]>,
+) -> Option<String> {
+    let first = steps.iter().find(|s| s.optim.is_some())?;
+    let committed = plan.committed.get(&t.hood.sliver)?;
+    let own: Vec<&Committed> = committed.states.iter().filter(|c| c.uid == t.uid).collect();
+    if own.is_empty() {
+        let mut counts: HashMap<[u8; 32], usize> = HashMap::new();
+        for c in &committed.states {
+            *counts.entry(c.hash).or_default() += 1;
+        }
+        if !counts.values().any(|n| 2 * n > committed.replicas) {
+            return None;
+        }
+    }
+    let rule: Vec<&Committed> =
+        if own.is_empty() { committed.states.iter().collect() } else { own };
+    let allowed: Vec<[u8; 32]> = rule.iter().filter_map(|c| starts.get(&c.hash)).copied().collect();
+    if rule.is_empty() || allowed.contains(&first.before) {
+        return None;
+    }
+    let merged_itself = rule.iter().any(|c| c.uid == t.uid);
+    if !merged_itself && plan.remembered.get(&t.uid).is_some_and(|r| r.contains(&first.before)) {
+        return None;
+    }
+    if allowed.len() < rule.len() {
+        // A state that could not be fetched may be the one it started from.
+        return None;
+    }
+    Some(if merged_itself {
+        "its epoch starts from other weights than the state it committed on chain".into()
+    } else {
+        "its epoch starts from weights no replica of its sliver committed".into()
+    })
 }
 
 /// Whether the segment after `i` continues it (its snapshot names the state `i` ends in).
@@ -679,6 +861,54 @@ mod tests {
             skipped: false,
             batches: vec![AuditKey { route: 0, step: mb, micro_batch: 0 }],
         }
+    }
+
+    fn target(uid: Uid, sliver: u16) -> Target {
+        let miner = PeerId::random();
+        let hood = Neighbourhood {
+            run: 1,
+            epoch: 5,
+            miner,
+            sliver,
+            previous: Vec::new(),
+            next: Vec::new(),
+            route: None,
+        };
+        Target { uid, addrs: Vec::new(), hood }
+    }
+
+    #[test]
+    fn an_epoch_starts_from_a_committed_state() {
+        let committed =
+            |uid, hash: u8| Committed { uid, peer: PeerId::random(), hash: [hash; 32], size: 1 };
+        // States 10 and 11 (by replicas of sliver 0) hold weights 1 and 2.
+        let states = vec![committed(3, 10), committed(4, 11), committed(5, 11)];
+        let plan = Plan {
+            epoch: 5,
+            committed: BTreeMap::from([(0, CommittedSliver { replicas: 4, states })]),
+            remembered: HashMap::from([(7, vec![[6; 32]])]),
+            ..Plan::default()
+        };
+        let starts = HashMap::from([([10; 32], [1; 32]), ([11; 32], [2; 32])]);
+        let epoch_from = |w: u8| vec![step(w, 9, Some([0; 32]), 0)];
+        // A replica that committed must start from its own state.
+        assert_eq!(start_fault(&plan, &target(3, 0), &epoch_from(1), &starts), None);
+        let own = start_fault(&plan, &target(3, 0), &epoch_from(2), &starts).unwrap();
+        assert!(own.contains("than the state it committed"), "{own}");
+        // Another (it did not merge) may start from any replica's, or keep its own weights.
+        assert_eq!(start_fault(&plan, &target(7, 0), &epoch_from(2), &starts), None);
+        assert_eq!(start_fault(&plan, &target(7, 0), &epoch_from(6), &starts), None);
+        let made_up = start_fault(&plan, &target(7, 0), &epoch_from(0), &starts).unwrap();
+        assert!(made_up.contains("no replica of its sliver committed"), "{made_up}");
+        // Nothing committed for its sliver, or a state not served: not checked.
+        assert_eq!(start_fault(&plan, &target(7, 1), &epoch_from(0), &starts), None);
+        let partly = HashMap::from([([10; 32], [1; 32])]);
+        assert_eq!(start_fault(&plan, &target(7, 0), &epoch_from(0), &partly), None);
+        // Without a majority a miner that did not merge keeps its weights: not checked.
+        let mut split = plan.clone();
+        split.committed.get_mut(&0).unwrap().replicas = 5;
+        assert_eq!(start_fault(&split, &target(7, 0), &epoch_from(0), &starts), None);
+        assert!(start_fault(&split, &target(4, 0), &epoch_from(0), &starts).is_some());
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct MinerAudit {
     pub failures: Vec<String>,
     /// Losses recomputed on the last sliver.
     pub losses: Vec<f32>,
+    /// The weights its steps began (at the first snapshot) and ended with.
+    pub first_weights: Option<[u8; 32]>,
+    /// See `first_weights`.
+    pub last_weights: Option<[u8; 32]>,
 }
 
 impl MinerAudit {

@@ -21,7 +21,7 @@ use sliver_operator::chain::{ChainHandle, ChainView};
 use sliver_p2p::{Client, PeerId};
 use tokio::sync::watch;
 
-use crate::audit::{Auditor, Deadline, Plan, Target};
+use crate::audit::{Auditor, Committed, CommittedSliver, Deadline, Plan, Target};
 use crate::metrics::Metrics;
 use crate::reveal::Reveals;
 use crate::score::{self, MinerAudit};
@@ -392,7 +392,59 @@ impl Validator {
                 targets.push(Target { uid: *uid, addrs: p.addrs.clone(), hood });
             }
         }
-        Some(Plan { epoch: prev, seed, targets })
+        // What the audited epoch started from, and what this validator saw of the one before.
+        let committed = self.committed(view, prev).await;
+        let remembered = match &self.audits {
+            Some((e, audits)) if *e == prev => audits
+                .iter()
+                .map(|a| (a.uid, a.first_weights.into_iter().chain(a.last_weights).collect()))
+                .collect(),
+            _ => Default::default(),
+        };
+        Some(Plan { epoch: prev, seed, targets, committed, remembered })
+    }
+
+    /// By sliver, the merged states its miners of epoch `audited - 1` committed during
+    /// `audited` (read at the audited epoch's last block: by now they may have committed
+    /// again). Empty where the chain cannot say (a pruned block, the run's first epoch).
+    async fn committed(&self, view: &ChainView, audited: u64) -> BTreeMap<u16, CommittedSliver> {
+        let mut out: BTreeMap<u16, CommittedSliver> = BTreeMap::new();
+        let Some(last) = view.epoch_start.checked_sub(1) else { return out };
+        let chain = &self.ctx.chain;
+        let read = async {
+            let (info, _) =
+                chain.call(move |c| async move { c.epoch_and_assignments_at(last).await }).await?;
+            let Some(before) = info.epoch_start.checked_sub(1) else { return Ok(Vec::new()) };
+            let (_, assigned) = chain
+                .call(move |c| async move { c.epoch_and_assignments_at(before).await })
+                .await?;
+            let uids: Vec<Uid> = assigned.iter().map(|(u, _)| *u).collect();
+            let commits = chain
+                .call(move |c| async move { c.weight_commitments_at(&uids, last).await })
+                .await?;
+            Ok::<_, sliver_operator::chain::ChainTaskError>(
+                assigned.into_iter().zip(commits).map(|((u, s), (_, c))| (u, s, c)).collect(),
+            )
+        };
+        match read.await {
+            Ok(list) => {
+                for (uid, sliver, c) in list {
+                    let entry = out.entry(sliver).or_default();
+                    entry.replicas += 1;
+                    let (Some(c), Some(p)) = (c, view.participants.get(&uid)) else { continue };
+                    if c.epoch as u64 == audited {
+                        entry.states.push(Committed {
+                            uid,
+                            peer: p.peer,
+                            hash: c.hash.0,
+                            size: c.size,
+                        });
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "commitments of the epoch before not read"),
+        }
+        out
     }
 
     /// A deadline one second into the Commit phase of `epoch` (or when the epoch ends).

@@ -91,6 +91,12 @@ impl Replayer {
         self.data.clone()
     }
 
+    /// The weights of `sliver` as named flat tensors (values of the initialisation): the shape
+    /// a peer's weights of that sliver must have.
+    pub fn like(&mut self, sliver: u16) -> Result<Flat, String> {
+        Ok(self.loaded(sliver)?.like.clone())
+    }
+
     /// The byte length of a snapshot of `sliver` (what a fetch of it may be at most).
     pub fn snapshot_len(&mut self, sliver: u16) -> Result<u64, String> {
         let like = &self.loaded(sliver)?.like;

@@ -147,6 +147,14 @@ impl Replayer {
             if i > 0 && step.schedule_step != schedule_step {
                 return Err(format!("step {i} takes its learning rate at another schedule step"));
             }
+            // A miner's stage and its optimiser count the same steps from the same start.
+            if !step.skipped && step.schedule_step != t.optim.steps {
+                return Err(format!(
+                    "step {i} takes its learning rate at schedule step {}, its optimiser has \
+                     taken {} steps",
+                    step.schedule_step, t.optim.steps
+                ));
+            }
             for key in &step.batches {
                 if !seen.insert(*key) {
                     return Err(format!("{key:?} summed twice"));
@@ -157,8 +165,12 @@ impl Replayer {
                 let loss = if acc.answer.weights == current {
                     ctx.replay(t, is_first, is_last)?
                 } else {
-                    // Forwarded with the weights before a step and summed after it (a middle
-                    // sliver): replayed on a second trainer, its gradient moved over.
+                    // Forwarded with the weights before a step and backpropagated after it (a
+                    // middle sliver): its outputs are replayed on a second trainer with the
+                    // weights it ran with, which must be a step's starting weights the caller
+                    // found in the miner's records. Its weight gradient is not summed: the
+                    // miner's trainer replaced its parameters at the step, so the backward
+                    // finds none of them (an engine limit, docs/validator.md).
                     if is_first || is_last {
                         return Err(format!("{key:?} ran with other weights than its step's"));
                     }
@@ -180,9 +192,7 @@ impl Replayer {
                     .map_err(|e| e.to_string())?;
                     let flat = decode_flat(older, &like).map_err(|e| format!("weights: {e}"))?;
                     import_flat(&mut aux.sliver, &flat).map_err(|e| format!("weights: {e}"))?;
-                    let loss = ctx.replay(&mut aux, is_first, is_last)?;
-                    t.add_grads(aux.take_grads());
-                    loss
+                    ctx.replay(&mut aux, is_first, is_last)?
                 };
                 losses.extend(loss);
                 checked += 1;

@@ -231,6 +231,13 @@ fn honest_steps_replay_bitwise_and_lies_about_them_fail() {
     let mut ev = l0.evidence();
     ev.steps[2].schedule_step += 5;
     fails(&mut v, 0, &ev, "another schedule step");
+    // A segment whose learning rate starts at another point of the schedule than its
+    // optimiser's step count (a miner restarting its warm-up).
+    let mut ev = l0.evidence();
+    for st in &mut ev.steps {
+        st.schedule_step -= 1;
+    }
+    fails(&mut v, 0, &ev, "its optimiser has taken");
     // A made-up clip factor.
     let mut ev = l1.evidence();
     ev.steps[0].factor = 1.0 - ev.steps[0].factor / 2.0;

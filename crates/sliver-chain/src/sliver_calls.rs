@@ -230,6 +230,29 @@ impl ChainClient {
         Ok(out)
     }
 
+    /// The latest weight commitment of each of `uids` as they stood at block `number` (the
+    /// node must still hold that block's state).
+    pub async fn weight_commitments_at(
+        &self,
+        uids: &[Uid],
+        number: u32,
+    ) -> Result<Vec<(Uid, Option<Commitment<u32>>)>, ChainError> {
+        let at = self.api().at_block(number).await.map_err(rpc)?;
+        let entry = at
+            .storage()
+            .entry(sliver::storage().sliver_rewards().weight_commitments())
+            .map_err(rpc)?;
+        let mut out = Vec::with_capacity(uids.len());
+        for &uid in uids {
+            let c = match entry.try_fetch((uid,)).await.map_err(rpc)? {
+                Some(v) => Some(v.decode().map_err(rpc)?),
+                None => None,
+            };
+            out.push((uid, c));
+        }
+        Ok(out)
+    }
+
     /// The active training run at the latest finalized block, if any.
     pub async fn training_run(&self) -> Result<Option<RunInfo>, ChainError> {
         let at = self.api().at_current_block().await.map_err(rpc)?;

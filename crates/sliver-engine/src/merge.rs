@@ -63,6 +63,51 @@ pub fn import_flat(sliver: &mut Sliver, flat: &Flat) -> Result<(), EngineError> 
     Ok(())
 }
 
+/// Names of the outer optimiser's momentum in a published state.
+pub const VELOCITY: &str = "outer.velocity/";
+
+/// The merged state of a sliver: weights and the outer optimiser's momentum.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    /// The replicas' shared start weights.
+    pub weights: Flat,
+    /// The outer optimiser's momentum.
+    pub velocity: Flat,
+}
+
+impl State {
+    /// As one tensor set (momentum under `outer.velocity/<name>`).
+    pub fn to_flat(&self) -> Flat {
+        let mut out = self.weights.clone();
+        for (k, v) in &self.velocity {
+            out.insert(format!("{VELOCITY}{k}"), v.clone());
+        }
+        out
+    }
+
+    /// Back from [`State::to_flat`]'s set.
+    pub fn from_flat(mut flat: Flat) -> Self {
+        let names: Vec<String> = flat.keys().filter(|k| k.starts_with(VELOCITY)).cloned().collect();
+        let mut velocity = Flat::new();
+        for n in names {
+            if let Some(v) = flat.remove(&n) {
+                velocity.insert(n[VELOCITY.len()..].to_string(), v);
+            }
+        }
+        State { weights: flat, velocity }
+    }
+
+    /// The encoding whose hash is committed on chain (f32: bitwise what the replicas hold).
+    pub fn encode(&self) -> Vec<u8> {
+        crate::tensor_set::encode_flat(&self.to_flat(), sliver_wire::WireCodec::F32)
+    }
+
+    /// A set shaped like the state of weights `like` (for decoding a peer's).
+    pub fn like(weights: &Flat) -> Flat {
+        State { weights: weights.clone(), velocity: weights.clone() }.to_flat()
+    }
+}
+
 /// How pseudo-gradients are encoded for the exchange.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum DeltaCodec {
