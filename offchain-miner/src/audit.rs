@@ -36,7 +36,7 @@
 //! The log stops growing at its disk budget (a warning says so once per epoch); micro-batches
 //! not recorded are answered "not kept" and earn nothing. A snapshot costs three times the
 //! sliver's size in f32 (5.2 MB for a sliver of the dev run's model) once per segment of
-//! steps. See docs/miner.md.
+//! steps; a middle sliver also keeps its weights at every step. See docs/miner.md.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};

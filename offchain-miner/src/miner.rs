@@ -276,6 +276,7 @@ impl Miner {
             // Commitments carry a step count that never goes back.
             let steps = self.ctx.commit_base + self.carried_steps + t.stage.steps();
             let sliver = t.sliver;
+            t.stage.close_audit_epoch();
             match merge_round(t, &self.ctx.status, &replicas, ended, &self.ctx.presence).await {
                 Ok(m) if m.trained => self.merged(ended, sliver, replicas.len(), m, steps),
                 Ok(_) => untrained = true,

@@ -74,9 +74,15 @@ pub async fn run(cfg: MinerConfig, opts: RunOptions) -> anyhow::Result<()> {
     let stage_cfg = stage_config(&run, &cfg, codec, view.epoch);
     let (status_tx, status_rx) =
         watch::channel(NodeStatus { run: run.id as u64, ..Default::default() });
+    // The audit store holds snapshots (weights and optimiser state: three times a sliver in
+    // f32) for two audits at once: at least 8 times the whole model, bounding any sliver.
+    let (l, d) = (model.n_layer as u64, model.d_model as u64);
+    let model_bytes =
+        4 * (12 * l * d * d + (2 * model.vocab_size as u64 + model.block_size as u64) * d);
     let net = NetworkConfig {
         mdns: cfg.mdns,
         max_connections_per_ip: cfg.max_connections_per_ip,
+        max_audit_blob_bytes: (256u64 << 20).max(8 * model_bytes),
         ..NetworkConfig::default()
     }
     .with_max_frame(max_frame_bytes(&stage_cfg, model.d_model));

@@ -346,6 +346,34 @@ impl Stage {
         self.snapshot
     }
 
+    /// Closes the epoch's audit record with an end marker: an empty, skipped step at a snapshot
+    /// of the optimiser state the epoch's last step left (its weights are the last step's
+    /// `after`). The next epoch's first snapshot must carry the same state on, so no miner can
+    /// start an epoch from an optimiser state of its choosing. Nothing if it took no step.
+    pub fn close_audit_epoch(&mut self) {
+        if self.epoch_steps == 0 {
+            return;
+        }
+        let Some(log) = self.audit.clone() else { return };
+        let Some(before) = self.weights_hash() else { return };
+        let Some(optim) = log.snapshot(self.cfg.epoch, &self.trainer.optim.state_bytes()) else {
+            return;
+        };
+        log.step(
+            self.cfg.epoch,
+            StepEntry {
+                before,
+                after: before,
+                optim: Some(optim),
+                schedule_step: self.steps,
+                lr: 0.0,
+                factor: 1.0,
+                skipped: true,
+                batches: Vec::new(),
+            },
+        );
+    }
+
     /// Whether the next step starts from a snapshot.
     fn at_snapshot(&self) -> bool {
         self.epoch_steps % self.cfg.audit_every.max(1) == 0

@@ -26,6 +26,7 @@ use sliver_audit::{
     SegmentOutcome,
 };
 use sliver_chain::Uid;
+use sliver_engine::merge::Flat;
 use sliver_p2p::{
     AuditAnswer, AuditBlobsRequest, AuditIndexRequest, AuditKey, AuditRequest, AuditStepsRequest,
     Client, Direction, FrameHeader, IndexEntry, Multiaddr, P2pError, PeerId, StepEntry,
@@ -77,6 +78,9 @@ pub struct Plan {
     /// By uid: the weights a miner's audited steps of the epoch before began and ended with
     /// (from this validator's audit of it), which it may keep when it merged nothing.
     pub remembered: HashMap<Uid, Vec<[u8; 32]>>,
+    /// By uid: the optimiser state a miner's epoch before ended in, as its end marker named it
+    /// (the audited epoch's first snapshot must carry it on, or start fresh).
+    pub optim_before: HashMap<Uid, [u8; 32]>,
 }
 
 /// The merged states a sliver's miners of an epoch committed.
@@ -126,19 +130,28 @@ impl Deadline {
     }
 }
 
-struct Job {
-    epoch: u64,
-    sliver: u16,
-    evidence: SegmentEvidence,
-    reply: oneshot::Sender<(SegmentOutcome, Duration)>,
+enum Job {
+    Segment {
+        epoch: u64,
+        sliver: u16,
+        evidence: SegmentEvidence,
+        reply: oneshot::Sender<(SegmentOutcome, Duration)>,
+    },
+    Eval {
+        weights: Vec<Arc<Flat>>,
+        reply: oneshot::Sender<Result<f32, String>>,
+    },
 }
+
+/// Validation micro-batches the merged model is evaluated on each epoch.
+const EVAL_BATCHES: u64 = 8;
 
 /// The replay task: one thread owns the engine; audits send it jobs.
 #[derive(Clone)]
 pub struct ReplayHandle {
     jobs: mpsc::Sender<Job>,
     snapshot_len: Arc<Vec<u64>>,
-    likes: Arc<Vec<sliver_engine::merge::Flat>>,
+    likes: Arc<Vec<Flat>>,
 }
 
 impl ReplayHandle {
@@ -155,22 +168,41 @@ impl ReplayHandle {
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
                     let started = Instant::now();
-                    let run = std::panic::AssertUnwindSafe(|| {
-                        sliver_engine::on_compute_thread(|| {
-                            replayer.check_segment(job.epoch, job.sliver, &job.evidence)
-                        })
-                    });
-                    match std::panic::catch_unwind(run) {
-                        Ok(outcome) => {
-                            let _ = job.reply.send((outcome, started.elapsed()));
+                    match job {
+                        Job::Segment { epoch, sliver, evidence, reply } => {
+                            let run = std::panic::AssertUnwindSafe(|| {
+                                sliver_engine::on_compute_thread(|| {
+                                    replayer.check_segment(epoch, sliver, &evidence)
+                                })
+                            });
+                            match std::panic::catch_unwind(run) {
+                                Ok(outcome) => {
+                                    let _ = reply.send((outcome, started.elapsed()));
+                                }
+                                Err(_) => {
+                                    // A bug of ours, not the miner's fault: not counted.
+                                    tracing::error!(
+                                        sliver,
+                                        "the replay panicked; audit not counted"
+                                    );
+                                    replayer.unload();
+                                }
+                            }
                         }
-                        Err(_) => {
-                            // A bug of ours, not the miner's fault: this audit is not counted.
-                            tracing::error!(
-                                sliver = job.sliver,
-                                "the replay panicked; audit not counted"
-                            );
-                            replayer.unload();
+                        Job::Eval { weights, reply } => {
+                            let sets: Vec<Flat> = weights.iter().map(|w| (**w).clone()).collect();
+                            let run = std::panic::AssertUnwindSafe(|| {
+                                sliver_engine::on_compute_thread(|| {
+                                    replayer.eval_loss(
+                                        &sets,
+                                        EVAL_BATCHES,
+                                        sliver_wire::WireCodec::Bf16,
+                                    )
+                                })
+                            });
+                            let out = std::panic::catch_unwind(run)
+                                .unwrap_or_else(|_| Err("the evaluation panicked".into()));
+                            let _ = reply.send(out);
                         }
                     }
                 }
@@ -186,8 +218,18 @@ impl ReplayHandle {
         evidence: SegmentEvidence,
     ) -> Option<(SegmentOutcome, Duration)> {
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job { epoch, sliver, evidence, reply }).await.ok()?;
+        self.jobs.send(Job::Segment { epoch, sliver, evidence, reply }).await.ok()?;
         rx.await.ok()
+    }
+
+    /// The held-out loss of the model whose slivers hold `weights`.
+    async fn eval(&self, weights: Vec<Arc<Flat>>) -> Result<f32, String> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Eval { weights, reply })
+            .await
+            .map_err(|_| "the replay task stopped".to_string())?;
+        rx.await.map_err(|_| "the evaluation did not finish".to_string())?
     }
 }
 
@@ -222,15 +264,19 @@ struct Indexed {
 }
 
 impl Auditor {
-    /// Audits `plan`, returning one account per target.
-    pub async fn audit(&self, plan: &Plan, deadline: &Deadline) -> Vec<MinerAudit> {
+    /// Audits `plan`, returning one account per target and the held-out loss of the merged
+    /// model the audited epoch started from (when every sliver's state was served).
+    pub async fn audit(&self, plan: &Plan, deadline: &Deadline) -> (Vec<MinerAudit>, Option<f32>) {
         let indexes = join_all(plan.targets.iter().map(|t| async move {
             match tokio::time::timeout(INDEX_WINDOW, self.index(plan, t, deadline)).await {
                 Ok(r) => r,
                 Err(_) => Err(Missing::Late),
             }
         }));
-        let (indexes, starts) = futures::join!(indexes, self.committed_weights(plan));
+        let (indexes, states) = futures::join!(indexes, self.committed_weights(plan));
+        let val_loss = self.evaluate(plan, &states).await;
+        let starts: HashMap<[u8; 32], [u8; 32]> =
+            states.iter().map(|(h, (w, _))| (*h, *w)).collect();
         let starts = Arc::new(starts);
         let mut sent: SentMap = HashMap::new();
         let mut indexed: HashSet<PeerId> = HashSet::new();
@@ -257,13 +303,19 @@ impl Auditor {
                         a.first_weights =
                             ix.steps.iter().find(|s| s.optim.is_some()).map(|s| s.before);
                         a.last_weights = ix.steps.last().map(|s| s.after);
-                        match start_fault(plan, t, &ix.steps, &starts) {
-                            Some(why) => {
+                        a.end_optim = ix
+                            .steps
+                            .last()
+                            .filter(|s| s.skipped && s.batches.is_empty())
+                            .and_then(|s| s.optim);
+                        match start_check(plan, t, &ix.steps, &starts) {
+                            Err(why) => {
                                 a.work = ix.report.verified.len() as u64;
                                 a.fail(why);
                                 self.metrics.failed.inc();
                             }
-                            None => {
+                            Ok(checked) => {
+                                a.start_checked = checked;
                                 self.replays(plan, t, &ix, &sent, &indexed, deadline, &mut a).await
                             }
                         }
@@ -272,14 +324,43 @@ impl Auditor {
                 a
             }
         });
-        join_all(audits).await
+        (join_all(audits).await, val_loss)
     }
 
-    /// The weights of every state committed in `plan`, by the state's hash: fetched from its
-    /// committers (4 s per state, all at once), checked against the hash and the model's
-    /// shapes. A state no committer serves in time is left out (its miners' start is not
-    /// checked this epoch).
-    async fn committed_weights(&self, plan: &Plan) -> HashMap<[u8; 32], [u8; 32]> {
+    /// The held-out loss of the merged model: each sliver's most committed state (fewest uids
+    /// first on a tie... the lowest committing uid), evaluated on the replay thread.
+    async fn evaluate(
+        &self,
+        plan: &Plan,
+        states: &HashMap<[u8; 32], ([u8; 32], Arc<Flat>)>,
+    ) -> Option<f32> {
+        let mut weights = Vec::new();
+        for s in 0..self.shape.slivers() {
+            let list = &plan.committed.get(&s)?.states;
+            let mut count: BTreeMap<[u8; 32], (usize, Uid)> = BTreeMap::new();
+            for c in list {
+                let e = count.entry(c.hash).or_insert((0, c.uid));
+                e.0 += 1;
+                e.1 = e.1.min(c.uid);
+            }
+            let (hash, _) =
+                count.into_iter().max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.cmp(&a.1 .1)))?;
+            weights.push(states.get(&hash)?.1.clone());
+        }
+        match self.replay.eval(weights).await {
+            Ok(loss) => Some(loss),
+            Err(e) => {
+                tracing::warn!(error = %e, "the merged model was not evaluated");
+                None
+            }
+        }
+    }
+
+    /// The weights of every state committed in `plan`, by the state's hash (their hash and
+    /// values): fetched from its committers (4 s per state, all at once), checked against the
+    /// hash and the model's shapes. A state no committer serves in time is left out (its
+    /// miners' start is not checked this epoch).
+    async fn committed_weights(&self, plan: &Plan) -> HashMap<[u8; 32], ([u8; 32], Arc<Flat>)> {
         let mut wanted: BTreeMap<[u8; 32], (u16, u64, Vec<PeerId>)> = BTreeMap::new();
         for (sliver, list) in &plan.committed {
             for c in &list.states {
@@ -315,7 +396,7 @@ impl Auditor {
                         &state.weights,
                         sliver_wire::WireCodec::F32,
                     );
-                    Some(*blake3::hash(&w).as_bytes())
+                    Some((*blake3::hash(&w).as_bytes(), Arc::new(state.weights)))
                 })
                 .await
                 .ok()??;
@@ -727,9 +808,13 @@ enum Missing {
 /// not count). A micro-batch summed twice is a fault, and so is a snapshot whose weights come
 /// from nowhere: each must continue the step before it, or be a restart, which starts again
 /// from the epoch's first weights with a fresh optimiser (what a restarted miner loads).
+/// BLAKE3 of a fresh optimiser's state (no moments, no steps).
+fn fresh_optimiser() -> [u8; 32] {
+    *blake3::hash(&sliver_engine::optim::AdamW::new(Default::default()).state_bytes()).as_bytes()
+}
+
 fn segments_of(steps: &[StepEntry]) -> Result<Vec<Vec<StepEntry>>, String> {
-    let fresh = *blake3::hash(&sliver_engine::optim::AdamW::new(Default::default()).state_bytes())
-        .as_bytes();
+    let fresh = fresh_optimiser();
     let mut seen = HashSet::new();
     let mut out: Vec<Vec<StepEntry>> = Vec::new();
     let start = steps.iter().find(|s| s.optim.is_some()).map(|s| s.before);
@@ -770,16 +855,24 @@ fn segments_of(steps: &[StepEntry]) -> Result<Vec<Vec<StepEntry>>, String> {
 /// committed for the epoch before (if it merged in the same sliver); else, when a strict
 /// majority of its sliver's replicas committed one state (which a miner that did not merge
 /// takes), a state they committed or the weights its own steps of the epoch before began or
-/// ended with. `None` when it holds, or when there is nothing to check against: no majority
-/// (a miner without one keeps its weights), or a state not served.
-fn start_fault(
+/// ended with. `Ok(true)` when it holds, `Ok(false)` when there is nothing to check against:
+/// no majority (a miner without one keeps its weights), or a state not served.
+fn start_check(
     plan: &Plan,
     t: &Target,
     steps: &[StepEntry],
     starts: &HashMap<[u8; 32], [u8; 32]>,
-) -> Option<String> {
-    let first = steps.iter().find(|s| s.optim.is_some())?;
-    let committed = plan.committed.get(&t.hood.sliver)?;
+) -> Result<bool, String> {
+    let Some(first) = steps.iter().find(|s| s.optim.is_some()) else { return Ok(false) };
+    // Its optimiser state goes on from where the epoch before ended, or starts afresh.
+    if let (Some(before), Some(optim)) = (plan.optim_before.get(&t.uid), first.optim) {
+        if optim != *before && optim != fresh_optimiser() {
+            return Err(
+                "its epoch starts from another optimiser state than its last epoch ended in".into(),
+            );
+        }
+    }
+    let Some(committed) = plan.committed.get(&t.hood.sliver) else { return Ok(false) };
     let own: Vec<&Committed> = committed.states.iter().filter(|c| c.uid == t.uid).collect();
     if own.is_empty() {
         let mut counts: HashMap<[u8; 32], usize> = HashMap::new();
@@ -787,28 +880,41 @@ fn start_fault(
             *counts.entry(c.hash).or_default() += 1;
         }
         if !counts.values().any(|n| 2 * n > committed.replicas) {
-            return None;
+            return Ok(false);
         }
     }
     let rule: Vec<&Committed> =
         if own.is_empty() { committed.states.iter().collect() } else { own };
     let allowed: Vec<[u8; 32]> = rule.iter().filter_map(|c| starts.get(&c.hash)).copied().collect();
-    if rule.is_empty() || allowed.contains(&first.before) {
-        return None;
+    if rule.is_empty() {
+        return Ok(false);
+    }
+    if allowed.contains(&first.before) {
+        return Ok(true);
     }
     let merged_itself = rule.iter().any(|c| c.uid == t.uid);
     if !merged_itself && plan.remembered.get(&t.uid).is_some_and(|r| r.contains(&first.before)) {
-        return None;
+        return Ok(true);
     }
     if allowed.len() < rule.len() {
         // A state that could not be fetched may be the one it started from.
-        return None;
+        return Ok(false);
     }
-    Some(if merged_itself {
+    Err(if merged_itself {
         "its epoch starts from other weights than the state it committed on chain".into()
     } else {
         "its epoch starts from weights no replica of its sliver committed".into()
     })
+}
+
+#[cfg(test)]
+fn start_fault(
+    plan: &Plan,
+    t: &Target,
+    steps: &[StepEntry],
+    starts: &HashMap<[u8; 32], [u8; 32]>,
+) -> Option<String> {
+    start_check(plan, t, steps, starts).err()
 }
 
 /// Whether the segment after `i` continues it (its snapshot names the state `i` ends in).
@@ -885,7 +991,7 @@ mod tests {
         let states = vec![committed(3, 10), committed(4, 11), committed(5, 11)];
         let plan = Plan {
             epoch: 5,
-            committed: BTreeMap::from([(0, CommittedSliver { replicas: 4, states })]),
+            committed: BTreeMap::from([(0, CommittedSliver { replicas: 3, states })]),
             remembered: HashMap::from([(7, vec![[6; 32]])]),
             ..Plan::default()
         };
@@ -904,6 +1010,16 @@ mod tests {
         assert_eq!(start_fault(&plan, &target(7, 1), &epoch_from(0), &starts), None);
         let partly = HashMap::from([([10; 32], [1; 32])]);
         assert_eq!(start_fault(&plan, &target(7, 0), &epoch_from(0), &partly), None);
+        // The optimiser state goes on from the end marker of the epoch before, or is fresh.
+        let mut chained = plan.clone();
+        chained.optim_before.insert(3, [0; 32]);
+        assert_eq!(start_fault(&chained, &target(3, 0), &epoch_from(1), &starts), None);
+        let mut other = epoch_from(1);
+        other[0].optim = Some([5; 32]);
+        let why = start_fault(&chained, &target(3, 0), &other, &starts).unwrap();
+        assert!(why.contains("another optimiser state"), "{why}");
+        other[0].optim = Some(fresh_optimiser());
+        assert_eq!(start_fault(&chained, &target(3, 0), &other, &starts), None);
         // Without a majority a miner that did not merge keeps its weights: not checked.
         let mut split = plan.clone();
         split.committed.get_mut(&0).unwrap().replicas = 5;
@@ -941,6 +1057,12 @@ mod tests {
         let mut bad = steps.clone();
         bad[3].optim = Some(s);
         assert!(segments_of(&bad).unwrap_err().contains("no step gave"));
+        // A step that does not continue the one before (a gap in the records) ends its
+        // segment: the steps after it up to the next snapshot are left out.
+        let mut gap = steps.clone();
+        gap[1].before = [8; 32];
+        let segs = segments_of(&gap).unwrap();
+        assert_eq!(segs.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 0, 1, 2]);
         // The same micro-batch summed twice.
         let mut bad = steps;
         bad[4].batches = bad[0].batches.clone();

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub replay_seconds: Histogram,
     /// The last audited epoch.
     pub audited_epoch: Gauge,
+    /// Held-out loss of the merged model the last audited epoch started from.
+    pub val_loss: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Weight commits and reveals on chain.
     pub commits: Counter,
     /// Reveals on chain.
@@ -34,6 +36,7 @@ impl Metrics {
             unanswered: Counter::default(),
             replay_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             audited_epoch: Gauge::default(),
+            val_loss: Gauge::default(),
             commits: Counter::default(),
             reveals: Counter::default(),
         };
@@ -51,6 +54,11 @@ impl Metrics {
         );
         r.register("replay_seconds", "Seconds per replayed micro-batch", m.replay_seconds.clone());
         r.register("audited_epoch", "The last audited epoch", m.audited_epoch.clone());
+        r.register(
+            "val_loss",
+            "Held-out loss of the merged model the last audited epoch started from",
+            m.val_loss.clone(),
+        );
         r.register("weight_commits", "Weight commitments submitted", m.commits.clone());
         r.register("weight_reveals", "Weight reveals submitted", m.reveals.clone());
         m

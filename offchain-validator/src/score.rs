@@ -34,6 +34,11 @@ pub struct MinerAudit {
     pub first_weights: Option<[u8; 32]>,
     /// See `first_weights`.
     pub last_weights: Option<[u8; 32]>,
+    /// The optimiser state its epoch ended in (its end marker), if it named one.
+    pub end_optim: Option<[u8; 32]>,
+    /// Its epoch's first weights were found among those it may start from (see
+    /// `audit::start_check`); false also when there was nothing to check against.
+    pub start_checked: bool,
 }
 
 impl MinerAudit {

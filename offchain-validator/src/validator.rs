@@ -202,9 +202,12 @@ impl Validator {
         let Some(plan) = self.plan(&view).await else { return Flow::Continue };
         let deadline = self.deadline(view.epoch);
         let started = std::time::Instant::now();
-        let audits = self.ctx.auditor.audit(&plan, &deadline).await;
+        let (audits, val_loss) = self.ctx.auditor.audit(&plan, &deadline).await;
         self.ctx.metrics.audited_epoch.set(plan.epoch as i64);
-        self.report(&plan, &audits, started.elapsed());
+        if let Some(l) = val_loss {
+            self.ctx.metrics.val_loss.set(f64::from(l));
+        }
+        self.report(&plan, &audits, val_loss, started.elapsed());
         self.audits = Some((view.epoch, audits));
         Flow::Continue
     }
@@ -394,14 +397,16 @@ impl Validator {
         }
         // What the audited epoch started from, and what this validator saw of the one before.
         let committed = self.committed(view, prev).await;
-        let remembered = match &self.audits {
-            Some((e, audits)) if *e == prev => audits
-                .iter()
-                .map(|a| (a.uid, a.first_weights.into_iter().chain(a.last_weights).collect()))
-                .collect(),
-            _ => Default::default(),
+        let before: &[MinerAudit] = match &self.audits {
+            Some((e, audits)) if *e == prev => audits,
+            _ => &[],
         };
-        Some(Plan { epoch: prev, seed, targets, committed, remembered })
+        let remembered = before
+            .iter()
+            .map(|a| (a.uid, a.first_weights.into_iter().chain(a.last_weights).collect()))
+            .collect();
+        let optim_before = before.iter().filter_map(|a| Some((a.uid, a.end_optim?))).collect();
+        Some(Plan { epoch: prev, seed, targets, committed, remembered, optim_before })
     }
 
     /// By sliver, the merged states its miners of epoch `audited - 1` committed during
@@ -459,7 +464,7 @@ impl Validator {
         Deadline::new(rx)
     }
 
-    fn report(&mut self, plan: &Plan, audits: &[MinerAudit], took: Duration) {
+    fn report(&mut self, plan: &Plan, audits: &[MinerAudit], val: Option<f32>, took: Duration) {
         let t = &mut self.totals;
         t.epochs += 1;
         for a in audits {
@@ -489,12 +494,15 @@ impl Validator {
         let loss: Vec<f32> = audits.iter().flat_map(|a| a.losses.iter().copied()).collect();
         let mean = (!loss.is_empty()).then(|| loss.iter().sum::<f32>() / loss.len() as f32);
         println!(
-            "[validator uid {}] audited epoch {} in {:.1} s | {} | train loss of replayed micro-batches {}",
+            "[validator uid {}] audited epoch {} in {:.1} s | {} | first weights tied to the chain {}/{} | train loss of replayed micro-batches {} | held-out loss of the merged model it started from {}",
             self.ctx.uid,
             plan.epoch,
             took.as_secs_f64(),
             line.join(" | "),
-            mean.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into())
+            audits.iter().filter(|a| a.start_checked).count(),
+            audits.len(),
+            mean.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into()),
+            val.map(|l| format!("{l:.3}")).unwrap_or_else(|| "-".into())
         );
     }
 }

@@ -94,6 +94,27 @@ async fn a_validator_audits_honest_miners_and_they_are_paid() {
     assert_eq!((n("failed"), n("unanswered")), (0, 0), "{s:?}\n{vlog}");
     assert_eq!(s["flagged"], "", "no honest miner flagged: {s:?}");
     assert!(n("reveals") >= 2, "{s:?}");
+    // Each epoch it evaluated the merged model (the committed states) on held-out text, and
+    // the loss fell as the network trained.
+    let held_out: Vec<f32> = validator
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("[validator uid"))
+        .filter_map(|l| l.rsplit("held-out loss of the merged model it started from ").next())
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    println!("held-out loss by epoch: {held_out:?}");
+    // And it found each miner's first weights of an epoch among those the chain allows.
+    let tied: u64 = validator
+        .log()
+        .iter()
+        .filter_map(|l| l.split("first weights tied to the chain ").nth(1))
+        .filter_map(|v| v.split('/').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(tied >= 4, "first weights checked against the commitments: {tied}\n{vlog}");
+    assert!(held_out.len() >= 2, "evaluated in several epochs: {held_out:?}\n{vlog}");
+    assert!(held_out.iter().all(|l| l.is_finite() && *l > 0.0), "{held_out:?}");
+    assert!(held_out.last() < held_out.first(), "the held-out loss fell: {held_out:?}");
     // The chain paid miners by the validator's weights, and the validator its dividend.
     let paying: Vec<_> = paid.iter().filter(|(_, m)| !m.is_empty()).collect();
     assert!(paying.len() >= 2, "at least two epochs paid miners: {paid:?}");

@@ -16,10 +16,12 @@
 //!   the miner kept, recomputed with the engine's code; the outputs' hashes must equal the ones
 //!   its neighbours signed for. On the CPU backend the engine is bitwise deterministic, so the
 //!   comparison is exact.
+//! - [`eval`]: the held-out loss of the merged model (the slivers' committed weights).
 //! - [`segment`]: the check that a miner's weights follow from its work: a run of its optimiser
 //!   steps replayed from a snapshot of weights and optimiser state, every step's result
 //!   compared with the hash it recorded.
 
+pub mod eval;
 pub mod replay;
 pub mod sample;
 pub mod segment;
