@@ -68,7 +68,7 @@ enum Command {
         #[arg(long)]
         metrics_port: Option<u16>,
         /// Listen through this relay (a validator's multiaddr ending in /p2p/<peer id>).
-        #[arg(long)]
+        #[arg(long, env = "SLIVER_RELAY")]
         relay: Option<String>,
         /// Turn mDNS LAN discovery off.
         #[arg(long)]

@@ -61,7 +61,7 @@ enum Command {
         #[arg(long)]
         metrics_port: Option<u16>,
         /// Serve libp2p relay circuits for miners behind NAT.
-        #[arg(long)]
+        #[arg(long, env = "SLIVER_SERVE_RELAY")]
         relay: bool,
         /// Stop after this many epoch boundaries.
         #[arg(long)]

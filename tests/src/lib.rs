@@ -388,27 +388,28 @@ impl MinerRun<'_> {
     ) -> Proc {
         let mut vars = vec![("RUST_LOG", "info,libp2p=warn,sliver_p2p=warn")];
         vars.extend_from_slice(env);
-        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
-        let args = [
-            "run",
-            "--listen",
-            &listen,
-            "--data",
-            self.data.to_str().unwrap_or_default(),
-            "--metrics-port",
-            "0",
-            "--no-mdns",
-            "--until-epoch",
-            self.until,
-        ];
-        Proc::spawn(
-            &format!("miner {account}"),
-            bin,
-            &miner_args(&args, self.rpc, dir, account),
-            &vars,
-        )
-        .expect("start sliver-miner")
+        let args = run_args(self.rpc, self.data, self.until, dir, account, port, &["--no-mdns"]);
+        Proc::spawn(&format!("miner {account}"), bin, &args, &vars).expect("start sliver-miner")
     }
+}
+
+/// The arguments of `run` for a miner or validator: listening on 127.0.0.1:`port`, metrics
+/// off, until epoch `until`, with `extra` flags.
+fn run_args(
+    rpc: &str,
+    data: &std::path::Path,
+    until: &str,
+    dir: &std::path::Path,
+    account: &str,
+    port: u16,
+    extra: &[&str],
+) -> Vec<String> {
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let data = data.to_str().unwrap_or_default();
+    let mut args = vec!["run", "--listen", &listen, "--data", data, "--metrics-port", "0"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--until-epoch", until]);
+    miner_args(&args, rpc, dir, account)
 }
 
 /// The `SUMMARY key=value ...` line a miner prints when its run ends, as a map.
@@ -484,24 +485,20 @@ impl ValidatorRun<'_> {
         account: &str,
         port: u16,
     ) -> Proc {
-        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
-        let args = [
-            "run",
-            "--listen",
-            &listen,
-            "--data",
-            self.data.to_str().unwrap_or_default(),
-            "--metrics-port",
-            "0",
-            "--until-epoch",
-            self.until,
-        ];
-        Proc::spawn(
-            &format!("validator {account}"),
-            bin,
-            &miner_args(&args, self.rpc, dir, account),
-            &[],
-        )
-        .expect("start sliver-validator")
+        self.spawn_with(bin, dir, account, port, &[])
+    }
+
+    /// [`ValidatorRun::spawn`] with extra environment variables.
+    pub fn spawn_with(
+        &self,
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        account: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let args = run_args(self.rpc, self.data, self.until, dir, account, port, &[]);
+        Proc::spawn(&format!("validator {account}"), bin, &args, env)
+            .expect("start sliver-validator")
     }
 }

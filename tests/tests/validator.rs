@@ -32,19 +32,40 @@ async fn a_validator_audits_honest_miners_and_they_are_paid() {
     let epochs: u32 =
         std::env::var("SLIVER_E2E_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
     let until = (info.epoch + epochs).to_string();
+    // The validator serves relay circuits (`--relay`); one miner listens through it as a
+    // miner behind NAT would (and directly too, so training does not depend on it).
+    let mut validator = ValidatorRun { rpc: &node.rpc_url, data: &data, until: &until }.spawn_with(
+        &bin,
+        &vdir,
+        "//Ferdie",
+        vport,
+        &[("SLIVER_SERVE_RELAY", "true")],
+    );
+    let started = Instant::now();
+    let vpeer = loop {
+        let line =
+            validator.log().into_iter().find(|l| l.contains(" listening") && l.contains("peer="));
+        if let Some(l) = line {
+            break l.split("peer=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{}", validator.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let relay = format!("/ip4/127.0.0.1/tcp/{vport}/p2p/{vpeer}");
     let mut runs: Vec<Proc> = (0..4)
         .map(|i| {
             let dir = tmp.path().join(format!("m{i}"));
-            MinerRun { rpc: &node.rpc_url, data: &data, until: &until }.spawn(
+            let env: Vec<(&str, &str)> =
+                if i == 3 { vec![("SLIVER_RELAY", relay.as_str())] } else { Vec::new() };
+            MinerRun { rpc: &node.rpc_url, data: &data, until: &until }.spawn_with(
                 &miner_bin,
                 &dir,
                 accounts[i],
                 ports[i],
+                &env,
             )
         })
         .collect();
-    let mut validator = ValidatorRun { rpc: &node.rpc_url, data: &data, until: &until }
-        .spawn(&bin, &vdir, "//Ferdie", vport);
 
     // Payouts by epoch while everything runs.
     let mut paid: BTreeMap<u32, BTreeMap<String, u128>> = BTreeMap::new();
@@ -94,8 +115,13 @@ async fn a_validator_audits_honest_miners_and_they_are_paid() {
     assert_eq!((n("failed"), n("unanswered")), (0, 0), "{s:?}\n{vlog}");
     assert_eq!(s["flagged"], "", "no honest miner flagged: {s:?}");
     assert!(n("reveals") >= 2, "{s:?}");
-    // Each epoch it evaluated the merged model (the committed states) on held-out text, and
-    // the loss fell as the network trained.
+    // The validator granted the NATed miner a relay reservation.
+    assert!(
+        runs[3].log().iter().any(|l| l.contains("listening through the relay")),
+        "{}",
+        runs[3].log_tail(30)
+    );
+    // Each epoch it evaluated the merged model (the committed states) on held-out text.
     let held_out: Vec<f32> = validator
         .log()
         .iter()
@@ -114,7 +140,9 @@ async fn a_validator_audits_honest_miners_and_they_are_paid() {
     assert!(tied >= 4, "first weights checked against the commitments: {tied}\n{vlog}");
     assert!(held_out.len() >= 2, "evaluated in several epochs: {held_out:?}\n{vlog}");
     assert!(held_out.iter().all(|l| l.is_finite() && *l > 0.0), "{held_out:?}");
-    assert!(held_out.last() < held_out.first(), "the held-out loss fell: {held_out:?}");
+    // An untrained byte-level model scores ln 256 = 5.55; the merged one has learned.
+    let last = *held_out.last().unwrap();
+    assert!(last < 4.5, "the merged model learned: held-out loss {held_out:?}");
     // The chain paid miners by the validator's weights, and the validator its dividend.
     let paying: Vec<_> = paid.iter().filter(|(_, m)| !m.is_empty()).collect();
     assert!(paying.len() >= 2, "at least two epochs paid miners: {paid:?}");

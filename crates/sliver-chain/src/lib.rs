@@ -234,9 +234,17 @@ impl ChainClient {
             reason: e.to_string(),
         };
         let at = self.api.at_current_block().await.map_err(rpc)?;
+        // The nonce as the node's transaction pool sees it: the finalized block's would repeat
+        // the nonce of a transaction still pending (one sent just before a restart, say), and
+        // the second would be refused as outdated once the first lands.
+        let account: AccountId = signer.public_key().into();
+        let nonce = self.legacy.system_account_next_index(&account).await.map_err(rpc)?;
+        let params = subxt::config::PolkadotExtrinsicParamsBuilder::<SliverConfig>::new()
+            .nonce(nonce)
+            .build();
         let progress = at
             .transactions()
-            .sign_and_submit_then_watch_default(call, signer)
+            .sign_and_submit_then_watch(call, signer, params)
             .await
             .map_err(|e| fail(&e))?;
         let in_block = progress.wait_for_finalized().await.map_err(|e| fail(&e))?;

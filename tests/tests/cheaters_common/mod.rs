@@ -80,6 +80,11 @@ pub async fn network(cheats: &[(usize, &str)], validators: usize, restart: bool)
     }
     let logs: Vec<String> = vals.iter().map(|v| v.log_tail(40)).collect();
     println!("{}\npaid: {paid:#?}", logs.join("\n"));
+    for (i, p) in runs.iter().enumerate() {
+        if !p.log().iter().any(|l| l.starts_with("SUMMARY")) {
+            println!("miner {i} ended without its summary:\n{}", p.log_tail(40));
+        }
+    }
 
     // The restarted validator revealed the weights its predecessor committed.
     if restart {
