@@ -156,6 +156,8 @@ pub struct Stage {
     epoch_steps: u64,
     /// The micro-batches whose gradients the step being accumulated holds, in the order added.
     accumulated: Vec<Key>,
+    /// Whether the audit log holds the last step taken (the end marker follows only then).
+    last_recorded: bool,
     /// Every micro-batch summed into a step this epoch (none is summed twice: two miners of the
     /// previous sliver could send the same key).
     summed: HashSet<Key>,
@@ -215,6 +217,7 @@ impl Stage {
             epoch_steps: 0,
             accumulated: Vec::new(),
             summed: HashSet::new(),
+            last_recorded: false,
             unreachable: None,
             gate,
             step_peers: HashSet::new(),
@@ -320,6 +323,7 @@ impl Stage {
         self.epoch_steps = 0;
         self.accumulated.clear();
         self.summed.clear();
+        self.last_recorded = false;
         self.begin_audit_epoch();
     }
 
@@ -349,9 +353,10 @@ impl Stage {
     /// Closes the epoch's audit record with an end marker: an empty, skipped step at a snapshot
     /// of the optimiser state the epoch's last step left (its weights are the last step's
     /// `after`). The next epoch's first snapshot must carry the same state on, so no miner can
-    /// start an epoch from an optimiser state of its choosing. Nothing if it took no step.
+    /// start an epoch from an optimiser state of its choosing. Nothing if it took no step, or
+    /// the log does not hold its last one.
     pub fn close_audit_epoch(&mut self) {
-        if self.epoch_steps == 0 {
+        if self.epoch_steps == 0 || !self.last_recorded {
             return;
         }
         let Some(log) = self.audit.clone() else { return };
@@ -893,6 +898,7 @@ impl Stage {
                 }
             }
             let batches = std::mem::take(&mut self.accumulated);
+            self.last_recorded = false;
             if let (Some(log), Some(before)) = (self.audit.clone(), before) {
                 match self.weights_hash() {
                     // At a snapshot the optimiser state must be in the log too, or the steps
@@ -916,7 +922,7 @@ impl Stage {
                             skipped,
                             batches,
                         };
-                        log.step(self.cfg.epoch, entry);
+                        self.last_recorded = log.step(self.cfg.epoch, entry);
                     }
                     _ => {}
                 }

@@ -10,9 +10,9 @@ use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
 use sliver_p2p::network::TENSOR_PROTOCOL;
 use sliver_p2p::{
-    start, AuditAnswer, AuditAsk, AuditIndexPage, AuditIndexRequest, AuditRequest, AuditedFrame,
-    Client, Direction, FrameHeader, Inbound, NetworkConfig, NodeStatus, P2pError, PresenceNotice,
-    Reachability, Reply,
+    start, AuditAnswer, AuditAsk, AuditBlobsRequest, AuditIndexPage, AuditIndexRequest,
+    AuditRequest, AuditStepsPage, AuditStepsRequest, AuditedFrame, Client, Direction, FrameHeader,
+    Inbound, NetworkConfig, NodeStatus, P2pError, PresenceNotice, Reachability, Reply, StepEntry,
 };
 use sliver_wire::WireCodec;
 use tokio::sync::watch;
@@ -87,7 +87,7 @@ async fn audits_are_answered_by_the_application() {
     };
     tokio::spawn(async move {
         while let Some(q) = miner.inbound.audits.recv().await {
-            match q.request {
+            match q.request.clone() {
                 AuditAsk::MicroBatch(r) => {
                     let answer = (r == known).then(|| AuditAnswer {
                         weights: [7; 32],
@@ -110,6 +110,23 @@ async fn audits_are_answered_by_the_application() {
                     )
                     .await;
                 }
+                // More step records than a page holds: the transport cuts the page.
+                AuditAsk::Steps(r) => {
+                    let steps = (0..70).map(|i| step(i as u8)).collect();
+                    q.respond_steps(
+                        (r.epoch == 4).then_some(AuditStepsPage { steps, more: false }),
+                    )
+                    .await;
+                }
+                // Publishes the first hash asked for; a hostile answer names one not asked.
+                AuditAsk::Blobs(r) => {
+                    let answer = if r.hashes.contains(&[9; 32]) {
+                        vec![[8; 32]]
+                    } else {
+                        r.hashes.into_iter().take(1).collect()
+                    };
+                    q.respond_blobs(answer).await;
+                }
             }
         }
     });
@@ -129,6 +146,34 @@ async fn audits_are_answered_by_the_application() {
     assert!(validator.client.audit_index(peer, ask(after)).await.is_err(), "out of order");
     let none = AuditIndexRequest { epoch: 5, ..ask(None) };
     assert_eq!(validator.client.audit_index(peer, none).await.unwrap(), None);
+
+    // Step records: at most a page, the rest announced.
+    let ask = |epoch| AuditStepsRequest { run: 1, epoch, from: 0 };
+    let page = validator.client.audit_steps(peer, ask(4)).await.unwrap().unwrap();
+    assert_eq!(page.steps.len(), sliver_p2p::control::MAX_STEP_ENTRIES);
+    assert!(page.more);
+    assert_eq!(page.steps[3], step(3));
+    assert_eq!(validator.client.audit_steps(peer, ask(5)).await.unwrap(), None);
+    // Blobs: those published of those asked; too many asked, or an answer naming a blob not
+    // asked for, is an error.
+    let blobs = |hashes| AuditBlobsRequest { run: 1, epoch: 4, hashes };
+    let got = validator.client.audit_blobs(peer, blobs(vec![[1; 32], [2; 32]])).await.unwrap();
+    assert_eq!(got, vec![[1; 32]]);
+    assert!(validator.client.audit_blobs(peer, blobs(vec![[1; 32]; 5])).await.is_err());
+    assert!(validator.client.audit_blobs(peer, blobs(vec![[9; 32]])).await.is_err());
+}
+
+fn step(i: u8) -> StepEntry {
+    StepEntry {
+        before: [i; 32],
+        after: [i + 1; 32],
+        optim: None,
+        schedule_step: i as u64,
+        lr: 1e-3,
+        factor: 1.0,
+        skipped: false,
+        batches: vec![sliver_p2p::AuditKey { route: 0, step: i as u64, micro_batch: 0 }],
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
