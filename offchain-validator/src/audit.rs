@@ -329,8 +329,9 @@ impl Auditor {
     }
 
     /// The held-out loss of the merged model: the state a strict majority of each sliver's
-    /// miners committed (what a joining miner syncs to), evaluated on the replay thread.
-    /// `None` if a sliver has no majority or its state was not served.
+    /// miners committed (what a joining miner syncs to), else the one most of them committed
+    /// (the lowest committing uid on a tie: a report that decides no pay), evaluated on the
+    /// replay thread. `None` if a sliver has no commitment or its state was not served.
     async fn evaluate(
         &self,
         plan: &Plan,
@@ -338,7 +339,8 @@ impl Auditor {
     ) -> Option<f32> {
         let mut weights = Vec::new();
         for s in 0..self.shape.slivers() {
-            let hash = majority(plan.committed.get(&s)?)?;
+            let committed = plan.committed.get(&s)?;
+            let hash = majority(committed).or_else(|| plurality(committed))?;
             weights.push(states.get(&hash)?.1.clone());
         }
         match self.replay.eval(weights).await {
@@ -920,6 +922,17 @@ fn majority(committed: &CommittedSliver) -> Option<[u8; 32]> {
         *counts.entry(c.hash).or_default() += 1;
     }
     counts.into_iter().find(|(_, n)| 2 * n > committed.replicas).map(|(h, _)| h)
+}
+
+/// The state most of the sliver's miners committed, the lowest committing uid on a tie.
+fn plurality(committed: &CommittedSliver) -> Option<[u8; 32]> {
+    let mut counts: BTreeMap<[u8; 32], (usize, Uid)> = BTreeMap::new();
+    for c in &committed.states {
+        let e = counts.entry(c.hash).or_insert((0, c.uid));
+        e.0 += 1;
+        e.1 = e.1.min(c.uid);
+    }
+    counts.into_iter().max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.cmp(&a.1 .1))).map(|(h, _)| h)
 }
 
 /// Whether the segment after `i` continues it (its snapshot names the state `i` ends in).

@@ -10,8 +10,10 @@
 //! The engine's CPU backend is bitwise deterministic across thread counts and instruction
 //! sets, so an honest miner on the CPU always matches exactly and anything else is a fault.
 //!
-//! What the replay cannot see: the first sliver's backward (it sends nothing back), and
-//! whether the snapshot follows from the previous one by an optimiser step. The inputs a miner
+//! What this check alone cannot see: the first sliver's backward (it sends nothing back), and
+//! whether the snapshot follows from the previous one by an optimiser step. Validators
+//! therefore replay whole segments of steps ([`crate::segment`]), which see both; this check
+//! of one micro-batch against a known snapshot stays for tools and tests. The inputs a miner
 //! recorded are tied to its neighbours' signed outputs by the caller, who holds their indexes.
 
 use std::collections::HashMap;
