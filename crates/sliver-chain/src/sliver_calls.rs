@@ -215,19 +215,7 @@ impl ChainClient {
         uids: &[Uid],
     ) -> Result<Vec<(Uid, Option<Commitment<u32>>)>, ChainError> {
         let at = self.api().at_current_block().await.map_err(rpc)?;
-        let entry = at
-            .storage()
-            .entry(sliver::storage().sliver_rewards().weight_commitments())
-            .map_err(rpc)?;
-        let mut out = Vec::with_capacity(uids.len());
-        for &uid in uids {
-            let c = match entry.try_fetch((uid,)).await.map_err(rpc)? {
-                Some(v) => Some(v.decode().map_err(rpc)?),
-                None => None,
-            };
-            out.push((uid, c));
-        }
-        Ok(out)
+        commitments_at(&at, uids).await
     }
 
     /// The latest weight commitment of each of `uids` as they stood at block `number` (the
@@ -238,19 +226,7 @@ impl ChainClient {
         number: u32,
     ) -> Result<Vec<(Uid, Option<Commitment<u32>>)>, ChainError> {
         let at = self.api().at_block(number).await.map_err(rpc)?;
-        let entry = at
-            .storage()
-            .entry(sliver::storage().sliver_rewards().weight_commitments())
-            .map_err(rpc)?;
-        let mut out = Vec::with_capacity(uids.len());
-        for &uid in uids {
-            let c = match entry.try_fetch((uid,)).await.map_err(rpc)? {
-                Some(v) => Some(v.decode().map_err(rpc)?),
-                None => None,
-            };
-            out.push((uid, c));
-        }
-        Ok(out)
+        commitments_at(&at, uids).await
     }
 
     /// The active training run at the latest finalized block, if any.
@@ -391,4 +367,25 @@ impl ChainClient {
             sliver::tx().sliver_rewards().reveal_weights(bounded(uids), bounded(weights), salt);
         self.submit_and_finalize(&call, signer, "sliver_rewards.reveal_weights").await
     }
+}
+
+/// The latest weight commitment of each of `uids` in the state of `at`.
+async fn commitments_at(
+    at: &subxt::client::ClientAtBlock<
+        crate::SliverConfig,
+        subxt::client::OnlineClientAtBlockImpl<crate::SliverConfig>,
+    >,
+    uids: &[Uid],
+) -> Result<Vec<(Uid, Option<Commitment<u32>>)>, ChainError> {
+    let entry =
+        at.storage().entry(sliver::storage().sliver_rewards().weight_commitments()).map_err(rpc)?;
+    let mut out = Vec::with_capacity(uids.len());
+    for &uid in uids {
+        let c = match entry.try_fetch((uid,)).await.map_err(rpc)? {
+            Some(v) => Some(v.decode().map_err(rpc)?),
+            None => None,
+        };
+        out.push((uid, c));
+    }
+    Ok(out)
 }
