@@ -277,17 +277,7 @@ impl Auditor {
         let starts: HashMap<[u8; 32], [u8; 32]> =
             states.iter().map(|(h, (w, _))| (*h, *w)).collect();
         let starts = Arc::new(starts);
-        let mut sent: SentMap = HashMap::new();
-        let mut indexed: HashSet<PeerId> = HashSet::new();
-        for (t, ix) in plan.targets.iter().zip(&indexes) {
-            if let Ok(ix) = ix {
-                indexed.insert(t.hood.miner);
-                for SentFrame { key, header, bytes, receiver } in &ix.report.sent {
-                    let at = (*key, header.direction, *receiver);
-                    sent.entry(at).or_default().push(bytes.clone());
-                }
-            }
-        }
+        let (sent, indexed) = sent_by(&plan.targets, &indexes);
         let sent = Arc::new(sent);
         let indexed = Arc::new(indexed);
         let audits = plan.targets.iter().zip(indexes).map(|(t, ix)| {
@@ -941,6 +931,24 @@ fn continued(segments: &[Vec<StepEntry>], i: usize) -> Option<&StepEntry> {
     (next.before == end.after).then_some(next)
 }
 
+/// What the fetched indexes say was sent (by micro-batch, direction and receiver), and whose
+/// sent lists are complete. A faulty index was checked only up to its fault, so its sent list
+/// is partial: it cannot deny having sent what a neighbour received.
+fn sent_by(targets: &[Target], indexes: &[Result<Indexed, Missing>]) -> (SentMap, HashSet<PeerId>) {
+    let mut sent: SentMap = HashMap::new();
+    let mut indexed: HashSet<PeerId> = HashSet::new();
+    for (t, ix) in targets.iter().zip(indexes) {
+        let Ok(ix) = ix else { continue };
+        if ix.report.fault.is_none() {
+            indexed.insert(t.hood.miner);
+        }
+        for SentFrame { key, header, bytes, receiver } in &ix.report.sent {
+            sent.entry((*key, header.direction, *receiver)).or_default().push(bytes.clone());
+        }
+    }
+    (sent, indexed)
+}
+
 /// Every input the replay used must be a frame its neighbour listed as sent to this miner.
 fn tied_to_neighbours(
     t: &Target,
@@ -999,6 +1007,63 @@ mod tests {
             route: None,
         };
         Target { uid, addrs: Vec::new(), hood }
+    }
+
+    #[test]
+    fn only_a_complete_sent_list_denies_a_received_frame() {
+        let (sender, mut receiver) = (target(1, 1), target(2, 0));
+        receiver.hood.next = vec![sender.hood.miner];
+        let key = AuditKey { route: 0, step: 3, micro_batch: 0 };
+        let header = |step: u64| FrameHeader {
+            run: 1,
+            epoch: 5,
+            step,
+            micro_batch: 0,
+            route: 0,
+            sliver: 1,
+            direction: Direction::Gradient,
+            codec: sliver_wire::WireCodec::F32,
+            shape: vec![1, 2, 4],
+            payload_len: 40,
+            payload_hash: [step as u8; 32],
+        };
+        let listed = header(3);
+        let frame = SentFrame {
+            key,
+            header: listed.clone(),
+            bytes: listed.encode(),
+            receiver: receiver.hood.miner,
+        };
+        let index = |fault: Option<&str>| Indexed {
+            entries: Vec::new(),
+            report: sliver_audit::WorkReport {
+                sent: vec![frame.clone()],
+                fault: fault.map(str::to_string),
+                ..Default::default()
+            },
+            steps: Vec::new(),
+        };
+        let targets = [sender.clone(), receiver.clone()];
+        let got = |what: &FrameHeader| vec![(key, Direction::Gradient, what.encode())];
+
+        let (sent, indexed) = sent_by(&targets, &[Ok(index(None)), Err(Missing::Nothing)]);
+        assert!(indexed.contains(&sender.hood.miner));
+        assert_eq!(tied_to_neighbours(&receiver, &got(&listed), &sent, &indexed), Ok(()));
+        let other = header(4);
+        let why = tied_to_neighbours(&receiver, &got(&other), &sent, &indexed).unwrap_err();
+        assert!(why.contains("differs from what its neighbour sent"), "{why}");
+        let elsewhere = [(AuditKey { step: 9, ..key }, Direction::Gradient, other.encode())];
+        let why = tied_to_neighbours(&receiver, &elsewhere, &sent, &indexed).unwrap_err();
+        assert!(why.contains("no neighbour says it sent"), "{why}");
+
+        // The sender's index failed part-way (a cheater's): the receiver is not blamed for a
+        // frame the partial list lacks.
+        let (sent, indexed) = sent_by(
+            &targets,
+            &[Ok(index(Some("a receipt that does not verify"))), Err(Missing::Late)],
+        );
+        assert!(!indexed.contains(&sender.hood.miner));
+        assert_eq!(tied_to_neighbours(&receiver, &elsewhere, &sent, &indexed), Ok(()));
     }
 
     #[test]
