@@ -10,6 +10,7 @@
 //! - [`pipeline`]: [`SliverTrainer`] (forward, backward from a received gradient, accumulation,
 //!   AdamW step) and an in-process [`Pipeline`] that runs several slivers through the codecs.
 //! - [`codec`]: what crosses a boundary (f32, bf16, int8 per row; learned bottleneck in the model).
+//! - [`closeness`]: relative L2 and cosine, for comparing work done on another backend.
 //! - [`merge`]: DiLoCo outer steps between replicas of a sliver, with int8 and top-k compression.
 //! - [`data`]: byte tokenizer (BPE with feature `bpe`), readers, deterministic sampling.
 //! - [`checkpoint`]: safetensors files with GPT-2 names; assembling a model from slivers.
@@ -24,6 +25,7 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod closeness;
 pub mod codec;
 pub mod config;
 pub mod data;

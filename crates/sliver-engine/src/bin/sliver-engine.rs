@@ -13,12 +13,17 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use sliver_engine::checkpoint::{assemble, save_sliver, CheckpointInfo};
+use sliver_engine::closeness::Closeness;
 use sliver_engine::codec::WireCodec;
 use sliver_engine::data::{BatchKey, ByteTokenizer, Dataset, Source, Split, Tokenizer};
 use sliver_engine::generate::{generate, SampleConfig};
-use sliver_engine::merge::{Aggregate, DeltaCodec, Flat, OuterOptimizer, ReplicaGroup};
+use sliver_engine::merge::{
+    export_flat, import_flat, Aggregate, DeltaCodec, Flat, OuterOptimizer, ReplicaGroup,
+};
 use sliver_engine::optim::{AdamWConfig, LrSchedule};
-use sliver_engine::{device_by_name, Boundary, EngineError, GptConfig, MicroBatch, Pipeline};
+use sliver_engine::{
+    device_by_name, Boundary, EngineError, GptConfig, MicroBatch, Pipeline, SliverInput,
+};
 
 /// Keeps freed tensor buffers for reuse (see `sliver_engine::alloc`).
 #[global_allocator]
@@ -96,7 +101,8 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Benchmarks: quality, speed, pipeline, codecs, merge, robust or all. Prints tables.
+    /// Benchmarks: quality, speed, pipeline, codecs, merge, robust or all; or calibrate
+    /// (`--device` against flex, `--budget` steps). Prints tables.
     Bench {
         which: String,
         #[command(flatten)]
@@ -209,14 +215,116 @@ fn bench(
                 bench_quality(&run, &data, python.as_deref(), threads)?;
                 ran = true;
             }
+            if which == "calibrate" {
+                bench_calibrate(&run, &data, budget)?;
+                ran = true;
+            }
             if !ran {
                 return Err(EngineError::Config(format!(
-                    "unknown benchmark {which:?}: quality, speed, pipeline, codecs, merge, robust or all"
+                    "unknown benchmark {which:?}: quality, speed, pipeline, codecs, merge, robust, all, or calibrate (with --device)"
                 )));
             }
             Ok(())
         }
     }
+}
+
+/// The same model, weights and micro-batches on flex (the reference) and on `run.device`:
+/// how close one micro-batch's outputs are, and how far the trained weights drift apart.
+fn bench_calibrate(run: &RunArgs, data: &Dataset, steps: u64) -> Result<(), EngineError> {
+    let (cpu, other) = (device_by_name("flex")?, device_by_name(&run.device)?);
+    let cfg = nano_config(run.seed);
+    let new = |d| Pipeline::new(&cfg, 2, Boundary::default(), AdamWConfig::default(), d);
+    let (mut a, mut b) = (new(&cpu)?, new(&other)?);
+    for (sa, sb) in a.stages.iter_mut().zip(b.stages.iter_mut()) {
+        import_flat(&mut sb.sliver, &export_flat(&mut sa.sliver))?;
+    }
+    let values = |t: burn::tensor::Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap_or_default();
+    let show = |c: Option<Closeness>| match c {
+        Some(c) => format!("{:.3e} | {:.9}", c.rel_l2, c.cosine),
+        None => "lengths differ or not finite | -".into(),
+    };
+    println!("\n## Calibration: {} against flex, 2 slivers, batch {}", run.device, run.batch);
+    println!("| what | relative L2 | cosine |\n|---|---|---|");
+    let mut previous: Option<Vec<f32>> = None;
+    for (i, mb) in step_batches(run, data, 0, 0)?.iter().enumerate() {
+        let id = u64::MAX - i as u64;
+        let mut outs = Vec::new();
+        // The last sliver of both takes the reference's activation, so its input gradient
+        // differs only by its own arithmetic.
+        let mut hidden: Option<Vec<f32>> = None;
+        for p in [&mut a, &mut b] {
+            let t = p.stages[0].tokens(&mb.inputs, mb.batch, mb.seq)?;
+            let h = p.stages[0].forward(id, SliverInput::Tokens(t))?;
+            let dims = h.dims();
+            let h = values(h);
+            let fed = hidden.get_or_insert_with(|| h.clone()).clone();
+            let device = p.stages[1].device().clone();
+            let x = burn::tensor::Tensor::<3>::from_data(
+                burn::tensor::TensorData::new(fed, dims),
+                &device,
+            );
+            let targets = p.stages[1].tokens(&mb.targets, mb.batch, mb.seq)?;
+            let (loss, g) =
+                p.stages[1].forward_backward_last(SliverInput::Hidden(x), targets, 1.0)?;
+            let g = g.map(values).unwrap_or_default();
+            p.stages[0].abandon(id);
+            for s in &mut p.stages {
+                s.discard_grads();
+            }
+            outs.push((h, g, loss));
+        }
+        let ((ha, ga, la), (hb, gb, lb)) = (&outs[0], &outs[1]);
+        println!(
+            "| micro-batch {i}: activation (sliver 0 output) | {} |",
+            show(Closeness::of(ha, hb))
+        );
+        println!(
+            "| micro-batch {i}: input gradient (sliver 1) | {} |",
+            show(Closeness::of(ga, gb))
+        );
+        println!("| micro-batch {i}: loss | {:.3e} | - |", ((lb - la) / la).abs());
+        if let Some(prev) = &previous {
+            // What the `stale` cheat sends: the previous micro-batch's output for this one.
+            println!(
+                "| (a stale output: micro-batch {}'s activation for micro-batch {i}) | {} |",
+                i - 1,
+                show(Closeness::of(ha, prev))
+            );
+        }
+        previous = Some(ha.clone());
+    }
+    let start: Vec<Flat> = a.stages.iter_mut().map(|s| export_flat(&mut s.sliver)).collect();
+    println!("\n| steps | loss (flex) | loss ({}) | weights trained: relative L2 of the difference, worst sliver | cosine of the updates, worst sliver |", run.device);
+    println!("|---|---|---|---|---|");
+    let sched = schedule(run);
+    for step in 0..steps {
+        let mbs = step_batches(run, data, 0, step)?;
+        let lr = sched.at(step);
+        let (sa, sb) = (a.train_step(&mbs, lr, 1.0)?, b.train_step(&mbs, lr, 1.0)?);
+        let n = step + 1;
+        if !(n.is_power_of_two() || n == steps) {
+            continue;
+        }
+        let mut worst: Option<Closeness> = None;
+        for (i, s0) in start.iter().enumerate() {
+            let (wa, wb) =
+                (export_flat(&mut a.stages[i].sliver), export_flat(&mut b.stages[i].sliver));
+            let (mut da, mut db) = (Vec::new(), Vec::new());
+            for (name, w0) in s0 {
+                da.extend(wa[name].iter().zip(w0).map(|(w, s)| w - s));
+                db.extend(wb[name].iter().zip(w0).map(|(w, s)| w - s));
+            }
+            let c = Closeness::of(&da, &db);
+            worst = match (worst, c) {
+                (Some(w), Some(c)) => Some(w.worst(c)),
+                (None, c) => c,
+                (w, None) => w.map(|w| Closeness { rel_l2: f64::INFINITY, ..w }),
+            };
+        }
+        println!("| {n} | {:.5} | {:.5} | {} |", sa.loss, sb.loss, show(worst));
+    }
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<Dataset, EngineError> {
